@@ -1,0 +1,33 @@
+"""Shared tiny fixtures. W&B is disabled for every test."""
+
+import os
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs CUDA")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture
+def devices():
+    """CPU, plus CUDA when available: physics must work on both."""
+    out = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        out.append(torch.device("cuda"))
+    return out
