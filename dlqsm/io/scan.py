@@ -1,0 +1,590 @@
+"""The :class:`Scan` object and :func:`load_scan`, which finds a scan's inputs on disk.
+
+A scan is either *raw* (multi-echo GRE magnitude and phase, optionally per coil), a *total field*
+(ppm, e.g. a QSM-CI ``totalfield`` artifact) or a *local field* (ppm, background already removed).
+:func:`load_scan` accepts
+
+- a BIDS dataset or subject folder (``*_echo-N_part-{mag,phase}_MEGRE.nii[.gz]`` with JSON
+  sidecars giving ``EchoTime`` in s and ``MagneticFieldStrength`` in T), see :mod:`dlqsm.io.bids`;
+- a QSM-CI artifact folder (``phase.nii.gz`` + ``magnitude.nii.gz`` 4D over echoes, or
+  ``totalfield.nii.gz`` / ``localfield.nii.gz``; ``mask.nii.gz``; ``params.json``), see
+  :mod:`dlqsm.io.qsmci`;
+- explicit files (``phase=``, ``magnitude=``, ``te=``, ``field_strength=``, ``mask=``,
+  ``local_field=`` / ``total_field=``).
+
+Conventions decided here (also written in the messages users see):
+
+- Echo times are seconds. A list whose largest value exceeds 1 is read as milliseconds (no GRE
+  echo lasts a second) and converted, with a notice.
+- Phase in radians. Integer-valued phase spanning more than 2*pi (e.g. -4096..4095 or 0..4095
+  from DICOM) is rescaled from its nominal power-of-two range to [-pi, pi) with a notice.
+  Non-integer phase spanning much more than 2*pi (degrees) or far less than it (scaled, e.g.
+  +-0.0037) is refused unless ``rescale_phase=True`` (``--rescale-phase``), which maps its
+  [min, max] linearly onto [-pi, pi). ``rescale_phase=False`` takes the phase as radians as is.
+- ``phase_sign=-1`` flips the phase sign (vendors whose phase rotates the other way, e.g. GE).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dlqsm.errors import InputError
+from dlqsm.io.nifti import NiftiVolume, load_nifti
+from dlqsm.physics.geometry import (
+    b0_dir_from_affine,
+    normalize_b0_dir,
+    normalize_voxel_size,
+    voxel_size_from_affine,
+)
+
+PHASE_RANGE_TOL = 0.05
+"""Slack (rad) allowed beyond a 2*pi span before phase is declared "not radians"."""
+MIN_PHASE_SPAN = 0.2
+"""A phase spanning less than this (rad) over the whole volume is declared "not radians"."""
+
+
+def _shape(a) -> tuple[int, ...]:
+    return tuple(int(s) for s in a.shape)
+
+
+@dataclass
+class Scan:
+    """One scan's data and acquisition parameters, in dlqsm's units.
+
+    Attributes:
+        phase: wrapped phase in rad, (E, X, Y, Z), or (C, E, X, Y, Z) for uncombined coils;
+            numpy or torch. None for field inputs.
+        magnitude: same shape as ``phase`` (arbitrary units); optional. Field inputs may carry
+            one too, (E, X, Y, Z), for magnitude-weighted inversions (MEDI).
+        te: echo times in s, (E,), strictly increasing.
+        b0_tesla: field strength in T.
+        affine: (4, 4) voxel-to-world (RAS+) matrix of every volume; defaults to
+            ``diag(voxel_size)`` when not given.
+        b0_dir: unit B0 vector in voxel coordinates (3,); from the affine (world +z) unless given.
+        voxel_size: mm (3,); from the affine unless given.
+        mask: boolean (X, Y, Z) brain mask; optional for raw input (computed then).
+        local_field / total_field: (X, Y, Z) fields in ppm for field inputs.
+        sources: input file paths by role (for records).
+        notices: what was assumed or converted on loading, for the user and the record.
+    """
+
+    phase: object | None = None
+    magnitude: object | None = None
+    te: np.ndarray | None = None
+    b0_tesla: float | None = None
+    affine: np.ndarray | None = None
+    b0_dir: np.ndarray | None = None
+    voxel_size: np.ndarray | None = None
+    mask: object | None = None
+    local_field: object | None = None
+    total_field: object | None = None
+    sources: dict = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.voxel_size is not None:
+            self.voxel_size = normalize_voxel_size(self.voxel_size)
+        if self.affine is None:
+            vox = self.voxel_size if self.voxel_size is not None else np.ones(3)
+            self.affine = np.diag([*vox, 1.0])
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        if self.affine.shape != (4, 4) or not np.all(np.isfinite(self.affine)):
+            raise InputError(f"the affine must be a finite 4x4 matrix, got shape "
+                             f"{self.affine.shape}.", path=self.sources.get("affine"))
+        if self.voxel_size is None:
+            self.voxel_size = voxel_size_from_affine(self.affine)
+            if np.any(self.voxel_size <= 0):
+                raise InputError("the affine gives a zero voxel size.",
+                                 path=self.sources.get("affine"),
+                                 fix="repair the NIfTI header or pass --voxel-size.")
+        if self.b0_dir is None:
+            self.b0_dir = b0_dir_from_affine(self.affine)
+        else:
+            self.b0_dir = normalize_b0_dir(self.b0_dir)
+        if self.te is not None:
+            self.te = np.asarray(self.te, dtype=np.float64).reshape(-1)
+        self._validate()
+
+    # ----------------------------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        """``"raw"`` (phase given), ``"total_field"`` or ``"local_field"``."""
+        if self.phase is not None:
+            return "raw"
+        if self.total_field is not None:
+            return "total_field"
+        return "local_field"
+
+    @property
+    def has_coils(self) -> bool:
+        """True when phase/magnitude carry a coil axis (C, E, X, Y, Z)."""
+        return self.phase is not None and len(self.phase.shape) == 5
+
+    @property
+    def n_echoes(self) -> int:
+        """Number of echoes E (0 for field inputs)."""
+        return 0 if self.phase is None else int(self.phase.shape[-4])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Spatial shape (X, Y, Z)."""
+        for a in (self.phase, self.total_field, self.local_field, self.mask):
+            if a is not None:
+                return _shape(a)[-3:]
+        raise InputError("the scan holds no image.")
+
+    def _validate(self) -> None:
+        present = [a for a in (self.phase, self.total_field, self.local_field) if a is not None]
+        if not present:
+            raise InputError("a scan needs phase (raw input), a total field or a local field.",
+                             fix="give phase + magnitude files, or --local-field with --mask.")
+        sp = self.shape
+        src = self.sources
+        if self.phase is not None:
+            if len(self.phase.shape) not in (4, 5):
+                raise InputError(f"phase must be (E, X, Y, Z) or (C, E, X, Y, Z), got "
+                                 f"{_shape(self.phase)}.", path=src.get("phase"))
+            if self.magnitude is not None and _shape(self.magnitude) != _shape(self.phase):
+                raise InputError(
+                    f"magnitude has shape {_shape(self.magnitude)} but phase has "
+                    f"{_shape(self.phase)} (echo counts or grids differ).",
+                    path=src.get("magnitude"), fix="give the magnitude of the same echoes.")
+            if self.te is None or self.b0_tesla is None:
+                raise InputError("raw phase needs echo times and the field strength.",
+                                 path=src.get("phase"), fix="pass --te ... and --field-strength.")
+            if self.te.size != self.n_echoes:
+                raise InputError(
+                    f"{self.te.size} echo times given for {self.n_echoes} phase echoes.",
+                    path=src.get("te", src.get("phase")),
+                    fix="give one echo time per echo, in seconds.")
+            check_echo_times(self.te, path=src.get("te"))
+            check_field_strength(self.b0_tesla, path=src.get("b0"))
+        if self.phase is None and self.magnitude is not None and (
+                len(self.magnitude.shape) not in (4, 5) or _shape(self.magnitude)[-3:] != sp):
+            raise InputError(f"magnitude has shape {_shape(self.magnitude)}; expected "
+                             f"(E, X, Y, Z) on the grid {sp}.", path=src.get("magnitude"))
+        for name in ("total_field", "local_field", "mask"):
+            a = getattr(self, name)
+            if a is None:
+                continue
+            if len(a.shape) != 3:
+                raise InputError(f"{name.replace('_', ' ')} must be 3D, got {_shape(a)}.",
+                                 path=src.get(name), fix="give a single 3D volume.")
+            if _shape(a) != sp:
+                raise InputError(f"{name.replace('_', ' ')} has shape {_shape(a)} but the "
+                                 f"scan's grid is {sp}.", path=src.get(name),
+                                 fix="give images on the same voxel grid.")
+        if self.phase is None and self.mask is None:
+            raise InputError("a field input needs a brain mask.", path=src.get("local_field",
+                             src.get("total_field")), fix="pass --mask MASK.nii.gz.")
+        if self.mask is not None and not bool((self.mask != 0).any()):
+            raise InputError("the mask is empty.", path=src.get("mask"),
+                             fix="give a mask with the brain voxels set to 1.")
+
+
+# -------------------------------------------------------------------------------------------
+# Checks and conversions shared by the loaders.
+
+def check_echo_times(te, *, path=None) -> np.ndarray:
+    """Validate echo times in s: finite, positive, strictly increasing (no duplicates).
+
+    Raises:
+        InputError: naming ``path`` (a sidecar, params.json or the command line).
+    """
+    t = np.asarray(te, dtype=np.float64).reshape(-1)
+    where = path if path is not None else "echo times"
+    if t.size == 0 or not np.all(np.isfinite(t)) or np.any(t <= 0):
+        raise InputError(f"echo times must be positive finite numbers in s, got {t.tolist()}.",
+                         path=where)
+    d = np.diff(t)
+    if np.any(d == 0):
+        raise InputError(f"duplicate echo times {t.tolist()}.", path=where,
+                         fix="give each echo once, with its own echo time.")
+    if np.any(d < 0):
+        raise InputError(f"echo times are not increasing: {t.tolist()}.", path=where,
+                         fix="order the echoes (and their files) by echo time.")
+    return t
+
+
+def echo_times_to_seconds(te, *, notices: list[str] | None = None, path=None) -> np.ndarray:
+    """Echo times as given -> seconds. Values above 1 are read as ms (with a notice)."""
+    t = np.asarray(te, dtype=np.float64).reshape(-1)
+    if t.size and np.all(np.isfinite(t)) and t.max() > 1.0:
+        if notices is not None:
+            where = f"{path}: " if path is not None else ""
+            notices.append(f"{where}echo times {t.tolist()} read as milliseconds (a GRE echo time "
+                           "above 1 s is implausible); converted to seconds.")
+        t = t / 1000.0
+    return t
+
+
+def check_field_strength(b0_tesla, *, path=None) -> float:
+    """Validate the field strength: a positive number of tesla up to 25."""
+    where = path if path is not None else "field strength"
+    try:
+        b = float(b0_tesla)
+    except (TypeError, ValueError):
+        raise InputError(f"the field strength must be a number (T), got {b0_tesla!r}.",
+                         path=where) from None
+    if not math.isfinite(b) or b <= 0 or b > 25:
+        raise InputError(f"the field strength must be in tesla (0 < B0 <= 25), got {b}.",
+                         path=where, fix="give e.g. --field-strength 3.")
+    return b
+
+
+def normalize_phase(data: np.ndarray, *, rescale: bool | None = None, path=None,
+                    notices: list[str] | None = None) -> np.ndarray:
+    """Phase as stored -> radians in [-pi, pi) (float32); see the module notes for the rules.
+
+    Args:
+        data: phase array of any shape (all echoes together, so one scaling serves them all).
+        rescale: None checks the range (integers rescaled, other non-radian ranges refused);
+            True also maps a non-radian float range [min, max] linearly onto [-pi, pi);
+            False takes the values as radians unchecked.
+        path: the file, for messages.
+        notices: list that receives a line describing any conversion.
+
+    Raises:
+        InputError: a non-integer phase that is clearly not radians, without ``rescale=True``.
+    """
+    x = np.asarray(data, dtype=np.float32)
+    if rescale is False or x.size == 0:
+        return x
+    lo, hi = float(x.min()), float(x.max())
+    span = hi - lo
+    integer = bool(np.all(x == np.round(x)))
+    if integer and span > 2 * math.pi + PHASE_RANGE_TOL:
+        return _rescale_integer_phase(x, lo, hi, path, notices)
+    radians = (lo >= -math.pi - PHASE_RANGE_TOL and hi <= 2 * math.pi + PHASE_RANGE_TOL
+               and span <= 2 * math.pi + PHASE_RANGE_TOL and span >= MIN_PHASE_SPAN)
+    if radians:
+        return _wrap(x)
+    if not rescale:
+        raise InputError(
+            f"phase values span [{lo:.4g}, {hi:.4g}], which is not radians (a wrapped phase "
+            "image spans about 2*pi; noise outside the head covers the whole circle).",
+            path=path, fix="pass --rescale-phase (rescale_phase=True) to map the range linearly "
+            "onto [-pi, pi), or convert the phase to radians yourself.")
+    out = (x - lo) / max(span, 1e-30) * (2 * math.pi) - math.pi
+    _notice(notices, path, f"phase range [{lo:.4g}, {hi:.4g}] rescaled linearly to [-pi, pi) "
+            "(--rescale-phase).")
+    return _wrap(out)
+
+
+def _rescale_integer_phase(x, lo, hi, path, notices) -> np.ndarray:
+    if lo >= 0:
+        n = 2.0 ** math.ceil(math.log2(hi + 1))
+        out = x / n * (2 * math.pi) - math.pi
+        rng = f"[0, {n:.0f})"
+    else:
+        n = 2.0 ** math.ceil(math.log2(max(-lo, hi + 1)))
+        out = x / n * math.pi
+        rng = f"[-{n:.0f}, {n:.0f})"
+    _notice(notices, path, f"phase stored as integers ({lo:.0f}..{hi:.0f}); rescaled from {rng} "
+            "to [-pi, pi) radians.")
+    return _wrap(out)
+
+
+def _wrap(x: np.ndarray) -> np.ndarray:
+    """Wrap to [-pi, pi) (values already there are unchanged)."""
+    if x.min() >= -math.pi and x.max() < math.pi:
+        return x.astype(np.float32, copy=False)
+    return (np.mod(x + math.pi, 2 * math.pi) - math.pi).astype(np.float32)
+
+
+def _notice(notices, path, text) -> None:
+    if notices is not None:
+        notices.append(f"{path}: {text}" if path is not None else text)
+
+
+def check_magnitude(mag: np.ndarray, *, path=None, notices=None) -> np.ndarray:
+    """Magnitude must be non-negative: a few negative voxels (interpolation) are clipped to 0
+    with a notice; many mean a swapped or real-valued image (InputError)."""
+    neg = mag < 0
+    if not neg.any():
+        return mag
+    frac = float(neg.mean())
+    if frac > 0.01:
+        raise InputError(f"magnitude is negative in {100 * frac:.1f}% of voxels (is it a phase "
+                         "or real-part image?).", path=path,
+                         fix="give the magnitude image (and the phase as --phase).")
+    _notice(notices, path, f"{int(neg.sum())} negative magnitude voxels clipped to 0.")
+    return np.maximum(mag, 0)
+
+
+def check_same_grid(ref: NiftiVolume, other: NiftiVolume, *, what: str = "image") -> None:
+    """Raise InputError (naming ``other``'s file) unless both share spatial shape and affine."""
+    if tuple(ref.data.shape[:3]) != tuple(other.data.shape[:3]):
+        raise InputError(f"{what} has grid {tuple(other.data.shape[:3])} but {ref.path} has "
+                         f"{tuple(ref.data.shape[:3])}.", path=other.path,
+                         fix="give images on the same voxel grid (resample or pick the right "
+                         "file).")
+    if not np.allclose(ref.affine, other.affine, rtol=1e-4, atol=1e-3):
+        raise InputError(f"{what} has a different affine (orientation/position) than "
+                         f"{ref.path}.", path=other.path,
+                         fix="give images from the same acquisition, or resample them onto "
+                         "one grid.")
+
+
+def to_echo_first(data: np.ndarray, *, coil_axis: int | None = None, path=None,
+                  notices=None) -> np.ndarray:
+    """NIfTI array -> (E, X, Y, Z), or (C, E, X, Y, Z) when a coil axis is present.
+
+    Args:
+        data: (X, Y, Z) single echo, (X, Y, Z, E), or 5D (X, Y, Z, E, C) -- the 5th NIfTI
+            dimension is read as coils unless ``coil_axis`` (3 or 4) says otherwise. A 4D array
+            with ``coil_axis=3`` is (X, Y, Z, C) of one echo.
+    """
+    if data.ndim == 3:
+        if coil_axis is not None:
+            raise InputError("coil_axis given but the image is 3D.", path=path)
+        return data[None]
+    if data.ndim == 4:
+        if coil_axis is None:
+            return np.moveaxis(data, 3, 0)
+        if coil_axis != 3:
+            raise InputError(f"coil axis {coil_axis} does not exist in a 4D image.", path=path,
+                             fix="use --coil-axis 3 (X, Y, Z, C) or give 5D data.")
+        return np.moveaxis(data, 3, 0)[:, None]
+    if data.ndim == 5:
+        if coil_axis is None:
+            coil_axis = 4
+            _notice(notices, path, "5D image read as (X, Y, Z, echo, coil); pass --coil-axis 3 "
+                    "if the coils come first.")
+        if coil_axis not in (3, 4):
+            raise InputError(f"coil axis must be 3 or 4 for a 5D image, got {coil_axis}.",
+                             path=path)
+        echo_axis = 7 - coil_axis
+        return np.transpose(data, (coil_axis, echo_axis, 0, 1, 2))
+    raise InputError(f"expected a 3D, 4D or 5D image, got {data.ndim}D {data.shape}.", path=path)
+
+
+# -------------------------------------------------------------------------------------------
+# Loading.
+
+def load_scan(input=None, *, phase=None, magnitude=None, te=None, field_strength=None,
+              mask=None, local_field=None, total_field=None, b0_dir=None, voxel_size=None,
+              phase_sign: int = +1, coil_axis: int | None = None,
+              rescale_phase: bool | None = None, subject: str | None = None,
+              select: str | None = None) -> Scan:
+    """Find and load a scan, auto-detecting the input layout.
+
+    Args:
+        input: a BIDS dataset / subject folder or a QSM-CI artifact folder (or None for
+            explicit files only). Explicit arguments override what the folder provides.
+        phase, magnitude: NIfTI files (4D over echoes, or 3D for one echo), or lists of 3D
+            per-echo files in echo order.
+        te: echo times (s; a list above 1 is read as ms). field_strength: B0 in T.
+        mask: brain mask NIfTI (wins over any computed mask).
+        local_field / total_field: field NIfTI in ppm (skips the stages before it).
+        b0_dir: B0 unit vector in voxel coordinates (overrides the affine's).
+        voxel_size: mm (overrides the affine's).
+        phase_sign: +1, or -1 to flip the phase (e.g. GE data).
+        coil_axis: which NIfTI axis (3 or 4) holds uncombined coils.
+        rescale_phase: see :func:`normalize_phase`.
+        subject, select: pick one run in a BIDS dataset (``select`` is a substring of the file
+            names, e.g. ``"run-2"`` or ``"ses-02"``).
+
+    Returns:
+        :class:`Scan` with phase in rad (E, X, Y, Z) or (C, E, X, Y, Z), fields in ppm.
+
+    Raises:
+        InputError: naming the offending file and the fix.
+    """
+    if phase_sign not in (1, -1):
+        raise InputError(f"phase sign must be +1 or -1, got {phase_sign!r}.")
+    parts = _Parts()
+    if input is not None:
+        _read_folder(Path(input), parts, subject=subject, select=select)
+    parts.override(phase=phase, magnitude=magnitude, te=te, b0=field_strength, mask=mask,
+                   local_field=local_field, total_field=total_field, b0_dir=b0_dir,
+                   voxel_size=voxel_size)
+    return parts.build(phase_sign=phase_sign, coil_axis=coil_axis, rescale_phase=rescale_phase)
+
+
+@dataclass
+class _Parts:
+    """What a folder or the command line provides, before loading the images."""
+
+    phase: list | None = None
+    magnitude: list | None = None
+    te: object = None
+    b0: object = None
+    mask: object = None
+    local_field: object = None
+    total_field: object = None
+    b0_dir: object = None
+    voxel_size: object = None
+    where: dict = field(default_factory=dict)
+    missing: dict = field(default_factory=dict)
+    notices: list = field(default_factory=list)
+
+    def override(self, **kw) -> None:
+        for key, value in kw.items():
+            if value is None:
+                continue
+            if key in ("phase", "magnitude"):
+                value = [value] if isinstance(value, (str, Path)) else list(value)
+            if key == "local_field":
+                self.phase = self.total_field = None
+            if key == "total_field":
+                self.phase = self.local_field = None
+            old = getattr(self, key)
+            if old is not None and key in ("te", "b0", "b0_dir", "voxel_size"):
+                if not np.allclose(np.asarray(old, float), np.asarray(value, float)):
+                    self.notices.append(f"{key} {np.asarray(value).tolist()} given on the "
+                                        f"command line overrides {np.asarray(old).tolist()} "
+                                        f"from {self.where.get(key, 'the input folder')}.")
+            setattr(self, key, value)
+            self.where[key] = "command line" if key not in ("phase", "magnitude", "mask",
+                                                             "local_field", "total_field") \
+                else None
+
+    def build(self, *, phase_sign, coil_axis, rescale_phase) -> Scan:
+        notices = self.notices
+        if self.phase is None and self.local_field is None and self.total_field is None:
+            raise InputError("no input images found.",
+                             fix="give a BIDS or QSM-CI folder, --phase/--magnitude with --te "
+                             "and --field-strength, or --local-field with --mask.")
+        if self.phase is not None and (self.local_field is not None
+                                       or self.total_field is not None):
+            notices.append("both phase and a field were given: the field is used and the "
+                           "phase ignored.")
+            self.phase = None
+        sources: dict = {}
+        ref = None
+        arrays: dict = {}
+        if self.phase is not None:
+            ref, arrays["phase"], arrays["magnitude"] = self._load_echoes(
+                coil_axis, rescale_phase, phase_sign, sources)
+        for key in ("total_field", "local_field"):
+            if getattr(self, key) is not None:
+                vol = load_nifti(getattr(self, key), ndim=3, what=key.replace("_", " "))
+                ref = _same_grid(ref, vol, key.replace("_", " "))
+                arrays[key] = vol.data
+                sources[key] = str(vol.path)
+        if self.phase is None and self.magnitude is not None:
+            arrays["magnitude"] = self._load_magnitude(ref, coil_axis, sources)
+        if self.mask is not None:
+            vol = load_nifti(self.mask, ndim=3, what="mask")
+            ref = _same_grid(ref, vol, "mask")
+            arrays["mask"] = vol.data > 0.5
+            sources["mask"] = str(vol.path)
+        te = b0 = None
+        if self.phase is not None:
+            if self.te is None:
+                raise self.missing.get("te") or InputError(
+                    "echo times are missing.", path=_first(sources.get("phase")),
+                    fix="pass --te with one time per echo (s).")
+            if self.b0 is None:
+                raise self.missing.get("b0") or InputError(
+                    "the field strength is missing.", path=_first(sources.get("phase")),
+                    fix="pass --field-strength in tesla.")
+            te = echo_times_to_seconds(self.te, notices=notices, path=self.where.get("te"))
+            b0 = check_field_strength(self.b0, path=self.where.get("b0"))
+            sources["te"] = str(self.where.get("te") or "command line")
+            sources["b0"] = str(self.where.get("b0") or "command line")
+        b0_dir = self._checked("b0_dir", normalize_b0_dir)
+        vox = self._checked("voxel_size", normalize_voxel_size)
+        sources["affine"] = str(ref.path)
+        if b0_dir is None:
+            b0_dir = _b0_from_affine(ref)
+        if phase_sign == -1:
+            notices.append("phase sign flipped (phase_sign=-1).")
+        return Scan(phase=arrays.get("phase"), magnitude=arrays.get("magnitude"), te=te,
+                    b0_tesla=b0, affine=ref.affine, b0_dir=b0_dir, voxel_size=vox,
+                    mask=arrays.get("mask"), local_field=arrays.get("local_field"),
+                    total_field=arrays.get("total_field"), sources=sources, notices=notices)
+
+    def _checked(self, key, fn):
+        value = getattr(self, key)
+        if value is None:
+            return None
+        try:
+            return fn(value)
+        except InputError as exc:
+            raise InputError(str(exc), path=self.where.get(key)) from None
+
+    def _load_echoes(self, coil_axis, rescale_phase, phase_sign, sources):
+        notices = self.notices
+        pvols = [load_nifti(p, ndim=(3, 4, 5), what="phase") for p in self.phase]
+        ref = pvols[0]
+        for v in pvols[1:]:
+            check_same_grid(ref, v, what="phase")
+        phase = _stack(pvols, coil_axis, notices)
+        label = str(ref.path) if len(pvols) == 1 else f"{ref.path} (+{len(pvols) - 1} echoes)"
+        phase = normalize_phase(phase, rescale=rescale_phase, path=label, notices=notices)
+        if phase_sign == -1:
+            phase = _wrap(-phase)
+        sources["phase"] = [str(v.path) for v in pvols] if len(pvols) > 1 else str(ref.path)
+        mag = None
+        if self.magnitude is not None:
+            mag = self._load_magnitude(ref, coil_axis, sources)
+            if mag.shape != phase.shape:
+                raise InputError(
+                    f"magnitude has {mag.shape[-4]} echoes {mag.shape} but phase has "
+                    f"{phase.shape[-4]} {phase.shape}.", path=_first(sources["magnitude"]),
+                    fix="give the magnitude and phase of the same echoes.")
+        return ref, phase, mag
+
+    def _load_magnitude(self, ref, coil_axis, sources) -> np.ndarray:
+        mvols = [load_nifti(p, ndim=(3, 4, 5), what="magnitude") for p in self.magnitude]
+        for v in mvols:
+            check_same_grid(ref, v, what="magnitude")
+        mag = _stack(mvols, coil_axis, None)
+        sources["magnitude"] = ([str(v.path) for v in mvols] if len(mvols) > 1
+                                else str(mvols[0].path))
+        return check_magnitude(mag, path=mvols[0].path, notices=self.notices)
+
+
+def _stack(vols, coil_axis, notices) -> np.ndarray:
+    if len(vols) == 1:
+        return to_echo_first(vols[0].data, coil_axis=coil_axis, path=vols[0].path,
+                             notices=notices)
+    for v in vols:
+        if v.data.ndim != 3:
+            raise InputError(f"per-echo files must be 3D, got {v.data.ndim}D {v.data.shape}.",
+                             path=v.path, fix="give one 4D file or one 3D file per echo.")
+    return np.stack([v.data for v in vols])
+
+
+def _first(x):
+    return x[0] if isinstance(x, list) else x
+
+
+def _same_grid(ref, vol, what):
+    if ref is None:
+        return vol
+    check_same_grid(ref, vol, what=what)
+    return ref
+
+
+def _b0_from_affine(vol: NiftiVolume) -> np.ndarray:
+    try:
+        return b0_dir_from_affine(vol.affine)
+    except InputError as exc:
+        raise InputError(str(exc), path=vol.path) from None
+
+
+def _read_folder(folder: Path, parts: _Parts, *, subject, select) -> None:
+    from dlqsm.io import bids, qsmci
+
+    if not folder.exists():
+        raise InputError("input folder does not exist.", path=folder, fix="check the path.")
+    if not folder.is_dir():
+        raise InputError("INPUT must be a folder (BIDS or QSM-CI).", path=folder,
+                         fix="give image files with --phase/--magnitude or --local-field.")
+    if qsmci.is_qsmci_folder(folder):
+        qsmci.read_into(folder, parts)
+    elif bids.find_megre_files(folder):
+        bids.read_into(folder, parts, subject=subject, select=select)
+    else:
+        raise InputError(
+            "no recognised input: neither QSM-CI artifacts (phase.nii.gz + params.json, "
+            "localfield.nii.gz, ...) nor BIDS *_echo-N_part-{mag,phase}_MEGRE.nii[.gz] files.",
+            path=folder, fix="point to a BIDS dataset/subject folder or a QSM-CI folder, or "
+            "give explicit files (--phase, --magnitude, --te, --field-strength).")
