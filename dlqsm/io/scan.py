@@ -491,6 +491,9 @@ class _Parts:
         b0_dir = self._checked("b0_dir", normalize_b0_dir)
         vox = self._checked("voxel_size", normalize_voxel_size)
         sources["affine"] = str(ref.path)
+        for key in ("b0_dir", "voxel_size"):
+            if getattr(self, key) is not None:
+                sources[key] = str(self.where.get(key) or "command line")
         if b0_dir is None:
             b0_dir = _b0_from_affine(ref)
         if phase_sign == -1:

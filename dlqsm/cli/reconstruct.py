@@ -1,0 +1,220 @@
+"""``dlqsm reconstruct``: classical QSM of one scan, from raw phase or from a field map.
+
+A thin layer: parse flags, check the output folder, :func:`dlqsm.io.scan.load_scan`,
+:func:`dlqsm.pipeline.reconstruct.reconstruct`, write NIfTI (ppm, the input's affine) and a
+JSON record. Heavy imports happen inside :func:`run` so ``dlqsm --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime
+import os
+import sys
+
+from dlqsm.errors import DlqsmError, InputError
+
+# Static copies of the registries (checked against them by the tests) keep --help light.
+UNWRAP = ("romeo", "laplacian")
+ECHO_FIT = ("wls",)
+BFR = ("pdf", "vsharp", "sharp", "resharp", "ismv", "lbv")
+METHODS = ("tv", "tkd", "tsvd", "tikhonov", "ilsqr", "medi", "ndi", "rts")
+
+EXAMPLES = """\
+examples:
+  dlqsm reconstruct bids/ --subject 01 -o out/                 # BIDS MEGRE run
+  dlqsm reconstruct qsmci_input/ -o out/ --method tv           # QSM-CI artifact folder
+  dlqsm reconstruct --phase ph.nii.gz --magnitude mag.nii.gz --te 0.004 0.008 0.012 \\
+      --field-strength 3 -o out/
+  dlqsm reconstruct --local-field lf.nii.gz --mask mask.nii.gz --b0-dir 0 0 1 -o out/ \\
+      --method tkd --param threshold=0.15
+  --param applies to the inversion; prefix a stage for others: --param bfr.tol=0.005,
+  --param unwrap.template=1, --param mask.threshold_scale=0.8, --param echo_fit.<name>=...
+
+outputs (in OUT/): chimap.nii.gz (ppm, referenced to the mean inside the mask), and for raw
+input totalfield.nii.gz, localfield.nii.gz, mask.nii.gz (total-field input: localfield and
+mask); record.json with inputs, parameters (defaults included), B0 geometry, timings, versions.
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``reconstruct`` on the dispatcher's subparsers."""
+    p = subparsers.add_parser(
+        "reconstruct", help="classical QSM of one scan (raw phase or field map -> chi, ppm)",
+        description="Classical QSM: coil combination, masking, unwrapping, echo fit, "
+        "background removal and dipole inversion of one scan.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", nargs="?", metavar="INPUT",
+                   help="BIDS dataset/subject folder or QSM-CI artifact folder")
+    p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
+    g = p.add_argument_group("explicit inputs (override what INPUT provides)")
+    g.add_argument("--phase", nargs="+", metavar="P", help="phase NIfTI (4D over echoes) or "
+                   "one 3D file per echo")
+    g.add_argument("--magnitude", nargs="+", metavar="M", help="magnitude NIfTI like --phase "
+                   "(with a field input: used for weighting / MEDI edges)")
+    g.add_argument("--te", nargs="+", type=float, metavar="T", help="echo times in s (ms if "
+                   "above 1)")
+    g.add_argument("--field-strength", type=float, metavar="B0", help="tesla")
+    g.add_argument("--mask", metavar="M", help="brain mask NIfTI (used as given)")
+    g.add_argument("--local-field", metavar="LF", help="local field NIfTI (ppm): inversion only")
+    g.add_argument("--total-field", metavar="TF", help="total field NIfTI (ppm): background "
+                   "removal + inversion")
+    g.add_argument("--b0-dir", nargs=3, type=float, metavar=("X", "Y", "Z"),
+                   help="B0 direction in voxel coordinates (default: from the affine)")
+    g.add_argument("--voxel-size", nargs="+", type=float, metavar="MM",
+                   help="voxel size in mm (default: from the affine)")
+    g.add_argument("--phase-sign", type=int, choices=(1, -1), default=1,
+                   help="-1 flips the phase (e.g. GE)")
+    g.add_argument("--rescale-phase", action="store_const", const=True, default=None,
+                   help="map a phase that is not in radians linearly onto [-pi, pi)")
+    g.add_argument("--coil-axis", type=int, choices=(3, 4), help="NIfTI axis of uncombined "
+                   "coils (default 4 for 5D images)")
+    g.add_argument("--subject", help="BIDS subject to use when INPUT holds several")
+    g.add_argument("--select", metavar="TEXT", help="use the BIDS run whose file names "
+                   "contain TEXT (e.g. run-2, ses-02)")
+    m = p.add_argument_group("methods")
+    m.add_argument("--unwrap", choices=UNWRAP, default="romeo")
+    m.add_argument("--echo-fit", choices=ECHO_FIT, default="wls")
+    m.add_argument("--bfr", choices=BFR, default="pdf", help="background removal (default pdf: "
+                   "covers the whole mask)")
+    m.add_argument("--method", choices=METHODS, default="tv", help="dipole inversion")
+    m.add_argument("--mask-erosion", type=float, default=0.0, metavar="MM",
+                   help="erode a computed mask by MM (a given mask is never eroded)")
+    m.add_argument("--param", action="append", default=[], metavar="[STAGE.]KEY=VALUE",
+                   help="stage parameter (repeatable); no STAGE means the inversion")
+    r = p.add_argument_group("run")
+    r.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    r.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=run)
+    return p
+
+
+def parse_value(text: str):
+    """``"3"`` -> 3, ``"1e-3"`` -> 0.001, ``"true"`` -> True, ``"[12,8]"`` -> [12, 8], else str."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_params(items) -> dict:
+    """``["alpha=1e-3", "bfr.tol=0.01"]`` -> ``{"inversion": {"alpha": 0.001},
+    "bfr": {"tol": 0.01}}``."""
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--param {item!r} is not KEY=VALUE.",
+                             fix="write e.g. --param alpha=0.001 or --param bfr.tol=0.01.")
+        stage, dot, name = key.rpartition(".")
+        out.setdefault(stage if dot else "inversion", {})[name] = parse_value(value)
+    return out
+
+
+def outputs_for(kind: str) -> list[str]:
+    """Files written for a scan of ``kind`` ("raw", "total_field", "local_field")."""
+    names = ["chimap.nii.gz"]
+    if kind == "raw":
+        names.append("totalfield.nii.gz")
+    if kind in ("raw", "total_field"):
+        names += ["localfield.nii.gz", "mask.nii.gz"]
+    return names + ["record.json"]
+
+
+def run(args) -> int:
+    """Load, reconstruct, write. Returns 0; raises DlqsmError on bad input."""
+    from dlqsm.io.outputs import OutputDir
+    from dlqsm.io.scan import load_scan
+    from dlqsm.pipeline.reconstruct import check_parameters, resolve_device
+
+    out = OutputDir(args.out, force=args.force)
+    out.check(["chimap.nii.gz", "record.json"])
+    stage_params = parse_params(args.param)
+    methods = dict(unwrap=args.unwrap, echo_fit=args.echo_fit, bfr=args.bfr, method=args.method)
+    check_parameters(stage_params, **methods)
+    resolve_device(args.device)
+    scan = load_scan(args.input, phase=args.phase, magnitude=args.magnitude, te=args.te,
+                     field_strength=args.field_strength, mask=args.mask,
+                     local_field=args.local_field, total_field=args.total_field,
+                     b0_dir=args.b0_dir, voxel_size=args.voxel_size,
+                     phase_sign=args.phase_sign, coil_axis=args.coil_axis,
+                     rescale_phase=args.rescale_phase, subject=args.subject,
+                     select=args.select)
+    names = outputs_for(scan.kind)
+    out.check(names)
+    for note in scan.notices:
+        if not args.quiet:
+            print(f"dlqsm reconstruct: note: {note}", file=sys.stderr)
+    result = _reconstruct(scan, args, stage_params, methods)
+    _write(out, scan, result, args, names)
+    if not args.quiet:
+        for note in result.notices:
+            print(f"dlqsm reconstruct: note: {note}", file=sys.stderr)
+        print(f"dlqsm reconstruct: wrote {', '.join(names)} to {out.path} "
+              f"({result.timings['total']:.1f} s)", file=sys.stderr)
+    return 0
+
+
+def _reconstruct(scan, args, stage_params, methods):
+    from dlqsm.pipeline.reconstruct import reconstruct
+
+    try:
+        return reconstruct(scan, mask_erosion_mm=args.mask_erosion, device=args.device,
+                           progress=not args.quiet, stage_params=stage_params, **methods)
+    except DlqsmError:
+        raise
+    except (ValueError, TypeError) as exc:  # a stage refusing a parameter value
+        if os.environ.get("DLQSM_DEBUG"):
+            raise
+        raise InputError(f"{exc.__class__.__name__}: {exc}",
+                         fix="check the --param values (DLQSM_DEBUG=1 shows a traceback).") \
+            from exc
+
+
+def _write(out, scan, result, args, names) -> None:
+    vols = {"chimap.nii.gz": result.chimap, "totalfield.nii.gz": result.total_field,
+            "localfield.nii.gz": result.local_field, "mask.nii.gz": result.mask}
+    for name in names:
+        if name in vols:
+            out.nifti(name, vols[name].float(), scan.affine)
+    out.json("record.json", build_record(scan, result, args, names))
+
+
+def build_record(scan, result, args, names) -> dict:
+    """The JSON record of a reconstruction: inputs, geometry, parameters, timings, versions."""
+    from dlqsm.io.outputs import software_versions
+    from dlqsm.physics.geometry import angle_to_b0
+
+    b0 = [float(b) for b in scan.b0_dir]
+    return {
+        "command": "dlqsm reconstruct " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else []),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "input": {"kind": scan.kind, "sources": scan.sources, "shape": list(scan.shape),
+                  "echo_times_s": None if scan.te is None else [float(t) for t in scan.te],
+                  "field_strength_t": scan.b0_tesla, "echoes": scan.n_echoes,
+                  "coils": int(scan.phase.shape[0]) if scan.has_coils else None,
+                  "phase_sign": args.phase_sign},
+        "geometry": {"b0_dir_voxel": b0, "b0_angle_to_voxel_z_deg": angle_to_b0(b0),
+                     "b0_dir_source": scan.sources.get("b0_dir", "affine"),
+                     "voxel_size_mm": [float(v) for v in scan.voxel_size],
+                     "affine": scan.affine},
+        "units": {"chimap": "ppm, referenced to its mean inside the mask (whole brain)",
+                  "fields": "ppm", "phase": "rad"},
+        "methods": {k: v.get("method") for k, v in result.parameters.items()},
+        "parameters": result.parameters,
+        "mask": {"voxels": int(result.mask.sum()),
+                 "source": "user" if scan.mask is not None else "computed"},
+        "device": str(args.device),
+        "timings_s": result.timings,
+        "stage_info": result.info,
+        "software": software_versions(),
+        "notices": list(scan.notices) + list(result.notices),
+        "outputs": names,
+    }

@@ -1,0 +1,453 @@
+"""The classical QSM chain from a :class:`dlqsm.io.scan.Scan` to a susceptibility map.
+
+Stages (each a pure torch function from its own module; this one only composes them):
+
+1. ``coil``: coil combination, only for uncombined data (C, E, X, Y, Z) -> (E, X, Y, Z).
+2. ``mask``: the user's mask if given (it always wins, unchanged); otherwise a brain mask from
+   the magnitude (:func:`dlqsm.pipeline.masking.brain_mask`), later restricted to voxels whose
+   echo fit is reliable (phase-quality mask from the fit residual) and eroded by
+   ``mask_erosion_mm``.
+3. ``unwrap``: multi-echo unwrapping (``romeo`` exact region growing, or ``laplacian``).
+4. ``echo_fit``: weighted least-squares fit of phase against TE -> total field (ppm), the phase
+   offset at TE = 0 and a noise map (std of the field, ppm).
+5. ``bfr``: background field removal -> local field (ppm) and its valid mask.
+6. ``inversion``: dipole inversion with the inverse noise map as the data weight; chi (ppm)
+   referenced to its mean inside the final mask (whole-brain reference).
+
+A total-field input starts at ``bfr``; a local-field input goes straight to ``inversion``.
+Everything runs on ``device`` in float32; per-stage wall times (CUDA synchronised) and each
+stage's ``info`` are returned. Progress lines go to stderr when ``progress`` is set.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from dlqsm.errors import InputError
+from dlqsm.io.scan import Scan
+from dlqsm.physics.units import GAMMA_HZ_PER_T
+from dlqsm.pipeline import background, inversion, masking, unwrap
+
+STAGES = ("coil", "mask", "unwrap", "echo_fit", "bfr", "inversion")
+UNWRAP_METHODS = ("romeo", "laplacian")
+ECHO_FIT_METHODS = ("wls",)
+DEFAULT_BFR = background.DEFAULT_METHOD
+DEFAULT_METHOD = "tv"
+DEFAULT_MASK_EROSION_MM = 0.0
+_CLOSED_FORMS = ("tkd", "tsvd", "tikhonov")
+
+
+@dataclass
+class ReconstructionResult:
+    """Output of :func:`reconstruct`; volumes are (X, Y, Z) tensors on the chosen device.
+
+    Attributes:
+        chimap: susceptibility (ppm), referenced to its mean inside ``mask``, 0 outside.
+        mask: bool, the voxels chimap covers (the brain mask after any background-removal
+            erosion).
+        total_field: total field (ppm) for raw input, else the given one or None.
+        local_field: local field (ppm) (the given one for local-field input).
+        noise: std of the total field (ppm) from the echo fit, raw input only.
+        weight: the data weight given to the inversion (inverse noise, mean 1 in the mask).
+        timings: wall seconds per stage that ran, plus ``"total"``.
+        info: per-stage ``info`` dicts of the stage functions.
+        parameters: every stage's method and parameters, defaults included.
+        notices: remarks for the user (assumptions, fallbacks).
+    """
+
+    chimap: torch.Tensor
+    mask: torch.Tensor
+    total_field: torch.Tensor | None = None
+    local_field: torch.Tensor | None = None
+    noise: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+    timings: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+    parameters: dict = field(default_factory=dict)
+    notices: list = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# parameters
+
+
+def _kwonly_defaults(fn, exclude=()) -> dict:
+    sig = inspect.signature(fn)
+    return {k: p.default for k, p in sig.parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in exclude}
+
+
+def _stage_defaults(stage: str, method: str | None) -> dict:
+    if stage == "mask":
+        out = _kwonly_defaults(masking.brain_mask)
+        out.update(quality=True, quality_threshold=None)
+        return out
+    if stage == "unwrap":
+        return _kwonly_defaults(unwrap.unwrap_multi_echo, exclude=("method", "voxel_size"))
+    if stage == "echo_fit":
+        return _echo_fit_defaults()
+    if stage == "coil":
+        return _coil_defaults()
+    if stage == "bfr":
+        return background.method_defaults(method)
+    if stage == "inversion":
+        return {"padding": 0, **inversion.method_defaults(method)}
+    raise InputError(f"unknown stage {stage!r}.", fix=f"use one of {', '.join(STAGES)}.")
+
+
+def stages_for(kind: str, has_coils: bool = False) -> tuple[str, ...]:
+    """The stages that run for a scan of ``kind`` ("raw", "total_field", "local_field")."""
+    if kind == "local_field":
+        return ("inversion",)
+    if kind == "total_field":
+        return ("bfr", "inversion")
+    return STAGES if has_coils else STAGES[1:]
+
+
+def resolve_parameters(kind: str = "raw", *, has_coils: bool = False, unwrap: str = "romeo",
+                       echo_fit: str = "wls", bfr: str = DEFAULT_BFR,
+                       method: str = DEFAULT_METHOD, stage_params: dict | None = None) -> dict:
+    """Every parameter of the stages that will run, defaults filled in.
+
+    Args:
+        kind, has_coils: what the scan is (see :func:`stages_for`).
+        unwrap, echo_fit, bfr, method: the method of each stage.
+        stage_params: ``{stage: {name: value}}`` overrides; stage names are those of
+            :data:`STAGES`.
+
+    Returns:
+        ``{stage: {"method": ..., **parameters}}`` for each stage that runs.
+
+    Raises:
+        InputError: unknown methods, stages or parameter names (before any work is done).
+    """
+    methods = _methods(unwrap, echo_fit, bfr, method)
+    stage_params = check_parameters(stage_params, unwrap=unwrap, echo_fit=echo_fit, bfr=bfr,
+                                    method=method)
+    out = {}
+    for stage in stages_for(kind, has_coils):
+        defaults = _stage_defaults(stage, methods[stage])
+        out[stage] = {"method": methods[stage], **defaults, **stage_params.get(stage, {})}
+    ignored = sorted(set(stage_params) - set(out))
+    if ignored and any(stage_params[s] for s in ignored):
+        warnings.warn(f"parameters for stages that do not run on {kind} input are ignored: "
+                      f"{ignored}", stacklevel=2)
+    return out
+
+
+def _methods(unwrap, echo_fit, bfr, method) -> dict:
+    _check_choice("unwrapping method", unwrap, UNWRAP_METHODS)
+    _check_choice("echo fit", echo_fit, ECHO_FIT_METHODS)
+    _check_choice("background removal method", bfr, tuple(background.METHODS))
+    _check_choice("inversion method", method, tuple(inversion.METHODS))
+    return {"coil": None, "mask": None, "unwrap": unwrap, "echo_fit": echo_fit, "bfr": bfr,
+            "inversion": method}
+
+
+def check_parameters(stage_params: dict | None, *, unwrap: str = "romeo", echo_fit: str = "wls",
+                     bfr: str = DEFAULT_BFR, method: str = DEFAULT_METHOD) -> dict:
+    """Check method names and the *given* stage parameters (cheap; before loading data).
+
+    Returns:
+        ``{stage: dict(params)}`` (a copy). Raises InputError naming the bad stage or key.
+    """
+    methods = _methods(unwrap, echo_fit, bfr, method)
+    stage_params = {k: dict(v or {}) for k, v in (stage_params or {}).items()}
+    unknown_stages = sorted(set(stage_params) - set(STAGES))
+    if unknown_stages:
+        raise InputError(f"unknown stage(s) {unknown_stages} in the parameters.",
+                         fix=f"use one of {', '.join(STAGES)} (e.g. --param bfr.tol=0.01).")
+    for stage, given in stage_params.items():
+        if not given:
+            continue
+        defaults = _stage_defaults(stage, methods[stage])
+        unknown = sorted(set(given) - set(defaults))
+        if unknown:
+            name = f"{stage} ({methods[stage]})" if methods[stage] else stage
+            raise InputError(f"unknown parameter(s) {unknown} for {name}.",
+                             fix=f"valid ones: {', '.join(sorted(defaults)) or 'none'}.")
+    return stage_params
+
+
+def _check_choice(what: str, value: str, choices) -> None:
+    if value not in choices:
+        raise InputError(f"unknown {what} {value!r}.", fix=f"use one of {', '.join(choices)}.")
+
+
+def resolve_device(device) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a torch.device -> torch.device, checked."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"unknown device {device!r}.", fix="use cpu or cuda.") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("CUDA was asked for but is not available here.",
+                         fix="use --device cpu (or install a CUDA build of torch).")
+    return dev
+
+
+# --------------------------------------------------------------------------------------------
+# progress and timing
+
+
+class _Clock:
+    """Times stages (synchronising CUDA) and prints one progress line per stage to stderr."""
+
+    def __init__(self, device: torch.device, progress: bool, n_stages: int):
+        self.device, self.progress, self.n = device, progress, n_stages
+        self.timings: dict[str, float] = {}
+        self.i = 0
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def stage(self, name: str, method: str | None = None):
+        self.i += 1
+        label = f"{name} ({method})" if method else name
+        if self.progress:
+            print(f"dlqsm: [{self.i}/{self.n}] {label} ...", file=sys.stderr, flush=True)
+        self._sync()
+        t0 = time.perf_counter()
+        yield
+        self._sync()
+        dt = time.perf_counter() - t0
+        self.timings[name] = dt
+        if self.progress:
+            print(f"dlqsm: [{self.i}/{self.n}] {label} done in {dt:.2f} s", file=sys.stderr,
+                  flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# the chain
+
+
+def _tensor(x, device, dtype=torch.float32) -> torch.Tensor | None:
+    if x is None:
+        return None
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    return t.to(device=device, dtype=dtype)
+
+
+def reconstruct(scan: Scan, *, unwrap: str = "romeo", echo_fit: str = "wls",
+                bfr: str = DEFAULT_BFR, method: str = DEFAULT_METHOD,
+                mask_erosion_mm: float = DEFAULT_MASK_EROSION_MM, device="cpu",
+                progress: bool = True, stage_params: dict | None = None
+                ) -> ReconstructionResult:
+    """Run the classical QSM chain on a scan (see the module docstring for the stages).
+
+    Args:
+        scan: raw (phase rad (E, X, Y, Z) or (C, E, X, Y, Z), TE s, B0 T), total-field or
+            local-field (ppm) input with its geometry (B0 direction in voxel coordinates, mm).
+        unwrap: ``"romeo"`` or ``"laplacian"``. echo_fit: ``"wls"``.
+        bfr: background removal method (:data:`dlqsm.pipeline.background.METHODS`).
+        method: inversion method (:data:`dlqsm.pipeline.inversion.METHODS`).
+        mask_erosion_mm: erosion of a *computed* mask (a user mask is used as given).
+        device: where to compute ("cpu", "cuda", ...).
+        progress: one line per stage on stderr, and the stages' own progress bars.
+        stage_params: ``{stage: {parameter: value}}`` (see :func:`resolve_parameters`).
+
+    Returns:
+        :class:`ReconstructionResult` with chi in ppm (mean 0 inside its mask).
+
+    Raises:
+        InputError: bad methods or parameters (before any work), or a stage's input error.
+    """
+    params = resolve_parameters(scan.kind, has_coils=scan.has_coils, unwrap=unwrap,
+                                echo_fit=echo_fit, bfr=bfr, method=method,
+                                stage_params=stage_params)
+    if mask_erosion_mm < 0:
+        raise InputError(f"mask erosion must be >= 0 mm, got {mask_erosion_mm}.")
+    dev = resolve_device(device)
+    clock = _Clock(dev, progress, len(params))
+    state = _State(scan, dev, params, clock, progress, float(mask_erosion_mm))
+    state.given = {k: dict(v or {}) for k, v in (stage_params or {}).items()}
+    t0 = time.perf_counter()
+    if scan.kind == "raw":
+        state.field_mapping()
+    if scan.kind in ("raw", "total_field"):
+        state.background()
+    state.invert()
+    clock.timings["total"] = time.perf_counter() - t0
+    return state.result()
+
+
+class _State:
+    """The data flowing through the chain, one method per stage."""
+
+    def __init__(self, scan: Scan, dev, params, clock, progress, erosion_mm):
+        self.scan, self.dev, self.params, self.clock = scan, dev, params, clock
+        self.progress, self.erosion_mm = progress, erosion_mm
+        self.vox = tuple(float(v) for v in scan.voxel_size)
+        self.b0_dir = tuple(float(b) for b in scan.b0_dir)
+        self.info: dict = {}
+        self.notices: list[str] = []
+        self.mask = _tensor(scan.mask, dev, torch.bool)
+        self.user_mask = self.mask is not None
+        self.magnitude = _tensor(scan.magnitude, dev)
+        self.total_field = _tensor(scan.total_field, dev)
+        self.local_field = _tensor(scan.local_field, dev)
+        self.noise = self.weight = self.chimap = None
+        self.given: dict = {}
+
+    # -- field mapping ---------------------------------------------------------------------
+    def field_mapping(self) -> None:
+        scan, p = self.scan, self.params
+        phase = _tensor(scan.phase, self.dev)
+        mag = self.magnitude
+        if scan.has_coils:
+            with self.clock.stage("coil"):
+                mag, phase, self.info["coil"] = _combine_coils(mag, phase, scan, p["coil"])
+            self.magnitude = mag
+        with self.clock.stage("mask", "user" if self.user_mask else "magnitude"):
+            self._brain_mask(mag)
+        with self.clock.stage("unwrap", p["unwrap"]["method"]):
+            kw = {k: v for k, v in p["unwrap"].items() if k != "method"}
+            unwrapped = unwrap.unwrap_multi_echo(phase, scan.te, mag, self.mask,
+                                                 method=p["unwrap"]["method"],
+                                                 voxel_size=self.vox, **kw)
+            self.info["unwrap"] = {"method": p["unwrap"]["method"], "echoes": int(phase.shape[0])}
+        del phase
+        with self.clock.stage("echo_fit", p["echo_fit"]["method"]):
+            fit = _fit_echoes(unwrapped, mag, self.mask, scan, p["echo_fit"])
+            self.total_field, self.noise = fit["field"], fit["noise"]
+            self.info["echo_fit"] = fit["info"]
+            if not self.user_mask:
+                self._quality_mask(fit.get("residual"))
+        self.weight = _noise_weight(self.noise, self.mask)
+
+    def _brain_mask(self, mag) -> None:
+        if self.user_mask:
+            self.info["mask"] = {"source": "user", "voxels": int(self.mask.sum())}
+            return
+        if mag is None:
+            raise InputError("no mask and no magnitude to compute one from.",
+                             path=self.scan.sources.get("phase"),
+                             fix="give --mask or the magnitude images.")
+        kw = {k: v for k, v in self.params["mask"].items()
+              if k not in ("method", "quality", "quality_threshold")}
+        self.mask = masking.brain_mask(mag, self.vox, **kw)
+        self.info["mask"] = {"source": "magnitude", "voxels": int(self.mask.sum())}
+
+    def _quality_mask(self, residual) -> None:
+        p = self.params["mask"]
+        if p["quality"] and residual is not None:
+            self.mask = masking.phase_quality_mask(self.mask, residual=residual,
+                                                   threshold=p["quality_threshold"])
+        if self.erosion_mm > 0:
+            self.mask = masking.require_nonempty(
+                masking.erode_mask(self.mask, self.erosion_mm, self.vox),
+                f"the brain mask eroded by {self.erosion_mm} mm",
+                fix="use a smaller --mask-erosion.")
+        self.info["mask"].update(final_voxels=int(self.mask.sum()),
+                                 erosion_mm=self.erosion_mm, quality=bool(p["quality"]))
+
+    # -- background removal ----------------------------------------------------------------
+    def background(self) -> None:
+        p = dict(self.params["bfr"])
+        name = p.pop("method")
+        with self.clock.stage("bfr", name):
+            res = background.remove_background(
+                self.total_field, self.mask, method=name, voxel_size=self.vox,
+                b0_dir=self.b0_dir, weight=self.weight, progress=self.progress, **p)
+        self.local_field, self.info["bfr"] = res.local_field, res.info
+        dropped = int(self.mask.sum()) - int(res.mask.sum())
+        if dropped > 0:
+            self.notices.append(f"background removal ({name}) dropped {dropped} rim voxels of "
+                                "the mask; chimap is 0 there (use --bfr pdf for full coverage).")
+        self.mask = res.mask
+
+    # -- inversion -------------------------------------------------------------------------
+    def invert(self) -> None:
+        p = dict(self.params["inversion"])
+        name, padding = p.pop("method"), p.pop("padding")
+        if name in ("medi", "ndi") and self.scan.kind == "raw" and "phase_scale" not in (
+                self.given.get("inversion", {})):
+            p["phase_scale"] = _phase_scale(self.scan)
+            self.params["inversion"]["phase_scale"] = p["phase_scale"]
+        weight = None if name in _CLOSED_FORMS else self.weight
+        mag = _magnitude_3d(self.magnitude)
+        with self.clock.stage("inversion", name):
+            res = inversion.invert(self.local_field, self.mask, method=name,
+                                   voxel_size=self.vox, b0_dir=self.b0_dir, weight=weight,
+                                   magnitude=mag, padding=padding, reference="mean",
+                                   progress=self.progress, **p)
+        self.chimap, self.info["inversion"] = res.chi, res.info
+        self.params["inversion"].update(
+            {k: v for k, v in res.info.get("parameters", {}).items()
+             if k in self.params["inversion"]})
+
+    def result(self) -> ReconstructionResult:
+        return ReconstructionResult(
+            chimap=self.chimap, mask=self.mask, total_field=self.total_field,
+            local_field=self.local_field, noise=self.noise, weight=self.weight,
+            timings=dict(self.clock.timings), info=self.info, parameters=self.params,
+            notices=self.notices)
+
+
+# --------------------------------------------------------------------------------------------
+# adapters to the stage modules
+
+
+def _coil_defaults() -> dict:
+    from dlqsm.pipeline import coil
+
+    return _kwonly_defaults(coil.combine_coils, exclude=("te", "voxel_size", "progress"))
+
+
+def _combine_coils(mag, phase, scan: Scan, params: dict):
+    from dlqsm.pipeline import coil
+
+    kw = {k: v for k, v in params.items() if k != "method"}
+    if mag is None:
+        mag = torch.ones_like(phase)
+    out = coil.combine_coils(mag, phase, te=scan.te, voxel_size=scan.voxel_size, **kw)
+    return out.magnitude, out.phase, dict(out.info)
+
+
+def _echo_fit_defaults() -> dict:
+    from dlqsm.pipeline import echoes
+
+    return _kwonly_defaults(echoes.fit_echoes, exclude=("b0_tesla", "method"))
+
+
+def _fit_echoes(unwrapped, mag, mask, scan: Scan, params: dict) -> dict:
+    from dlqsm.pipeline import echoes
+
+    kw = {k: v for k, v in params.items() if k != "method"}
+    fit = echoes.fit_echoes(unwrapped, scan.te, mag, mask, b0_tesla=scan.b0_tesla, **kw)
+    return {"field": fit.field, "noise": fit.noise, "residual": getattr(fit, "residual", None),
+            "info": dict(getattr(fit, "info", {}) or {})}
+
+
+def _noise_weight(noise: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor | None:
+    """Inverse noise std, floored at 10% of its median in the mask, mean 1 inside the mask."""
+    if noise is None:
+        return None
+    m = mask.bool()
+    n = noise.float().clamp_min(0)
+    floor = float(n[m].median()) * 0.1 if bool(m.any()) else 0.0
+    w = torch.where(m, 1.0 / n.clamp_min(max(floor, 1e-12)), torch.zeros_like(n))
+    return w / w[m].mean().clamp_min(1e-30)
+
+
+def _magnitude_3d(mag: torch.Tensor | None) -> torch.Tensor | None:
+    """(E, X, Y, Z) -> root-sum-of-squares (X, Y, Z); (X, Y, Z) unchanged."""
+    if mag is None:
+        return None
+    return torch.sqrt((mag.float() ** 2).sum(0)) if mag.dim() == 4 else mag.float()
+
+
+def _phase_scale(scan: Scan) -> float:
+    """rad per ppm at the scan's field strength and mean echo time (MEDI/NDI nonlinearity)."""
+    return float(2 * math.pi * GAMMA_HZ_PER_T * scan.b0_tesla * float(np.mean(scan.te)) * 1e-6)
