@@ -637,3 +637,72 @@ class Predictor:
         """Model information for records: checkpoint, spec and metadata."""
         return {"checkpoint": self.checkpoint, "spec": asdict(self.spec),
                 "metadata": self.metadata}
+
+
+# --------------------------------------------------------------------------------------------
+# From a scan on disk to the network's input
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class FieldMap:
+    """A local field (ppm) and its mask on the scan grid, with how they were obtained."""
+
+    local_field: torch.Tensor
+    mask: torch.Tensor
+    total_field: torch.Tensor | None = None
+    timings: dict = field(default_factory=dict)
+    parameters: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+    notices: list = field(default_factory=list)
+
+
+def local_field_from_scan(scan, *, unwrap: str = "romeo", echo_fit: str = "wls",
+                          bfr: str | None = None, mask_erosion_mm: float = 0.0, device="cpu",
+                          progress: bool = False, stage_params: dict | None = None) -> FieldMap:
+    """Run the classical stages that come before dipole inversion on a scan.
+
+    Raw scans go through masking, unwrapping, echo fitting and background removal, total-field
+    scans through background removal only, and local-field scans are returned as given (their
+    mask is required). Uses the stage runner of :mod:`dlqsm.pipeline.reconstruct` with the
+    inversion stage left out, so the stages are exactly those of ``dlqsm reconstruct``.
+
+    Args:
+        scan: a :class:`dlqsm.io.scan.Scan`.
+        unwrap, echo_fit, bfr, mask_erosion_mm, stage_params: as for
+            :func:`dlqsm.pipeline.reconstruct.reconstruct` (no ``inversion`` parameters).
+        device: where the stages run.
+        progress: one line per stage on stderr.
+
+    Returns:
+        :class:`FieldMap` with (X, Y, Z) tensors on ``device``.
+    """
+    from dlqsm.pipeline import reconstruct as rec
+
+    if scan.kind == "local_field":
+        if scan.mask is None:
+            raise InputError("a local-field input needs a brain mask.",
+                             path=scan.sources.get("local_field"), fix="pass --mask MASK.")
+        dev = rec.resolve_device(device)
+        lf = torch.as_tensor(np.asarray(scan.local_field), dtype=torch.float32, device=dev)
+        mask = torch.as_tensor(np.asarray(scan.mask), device=dev).bool()
+        return FieldMap(lf, mask, notices=list(scan.notices))
+    stage_params = dict(stage_params or {})
+    if stage_params.get("inversion"):
+        raise InputError("inversion parameters do not apply to learned inference.",
+                         fix="drop the --param values without a stage prefix.")
+    stage_params.pop("inversion", None)
+    params = rec.resolve_parameters(scan.kind, has_coils=scan.has_coils, unwrap=unwrap,
+                                    echo_fit=echo_fit, bfr=bfr or rec.DEFAULT_BFR,
+                                    stage_params=stage_params)
+    params.pop("inversion", None)
+    dev = rec.resolve_device(device)
+    clock = rec._Clock(dev, progress, len(params))
+    state = rec._State(scan, dev, params, clock, progress, float(mask_erosion_mm))
+    state.given = stage_params
+    t0 = time.perf_counter()
+    if scan.kind == "raw":
+        state.field_mapping()
+    state.background()
+    timings = {**clock.timings, "field_total": time.perf_counter() - t0}
+    return FieldMap(state.local_field, state.mask.bool(), state.total_field, timings, params,
+                    state.info, list(scan.notices) + list(state.notices))

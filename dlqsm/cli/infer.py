@@ -1,0 +1,195 @@
+"""``dlqsm infer``: learned QSM of one scan with a trained network.
+
+Raw data (BIDS, QSM-CI, explicit phase/magnitude) first go through the classical field mapping
+and background removal of ``dlqsm reconstruct`` (:func:`dlqsm.inference.local_field_from_scan`);
+a local-field input goes straight to the network (:class:`dlqsm.inference.Predictor`). Writes
+``chimap.nii.gz`` (ppm, the input's affine, referenced to the mean inside the mask) and
+``record.json`` (model, its metadata, geometry, timings) atomically; nothing is overwritten
+without ``--force``. Heavy imports happen inside :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+
+EXAMPLES = """\
+examples:
+  dlqsm infer --local-field lf.nii.gz --mask mask.nii.gz -o out/ --checkpoint best.ckpt
+  dlqsm infer qsmci_input/ -o out/                    # raw QSM-CI folder, default model
+  dlqsm infer bids/ --subject 01 -o out/ --bfr vsharp --device cuda --amp
+  dlqsm infer --local-field lf.nii.gz --mask m.nii.gz -o out/ --tile 96   # sliding windows
+
+outputs (in OUT/): chimap.nii.gz (ppm, referenced to the mean inside the mask, 0 outside),
+for raw or total-field input also localfield.nii.gz and mask.nii.gz; record.json with the
+model and its metadata, the B0 geometry and resampling used, and timings.
+"""
+
+
+def add_input_arguments(p: argparse.ArgumentParser) -> None:
+    """The input flags of ``dlqsm reconstruct`` (INPUT and explicit files), shared by infer.
+
+    Kept identical to ``dlqsm reconstruct``'s (a test compares the two parsers).
+    """
+    p.add_argument("input", nargs="?", metavar="INPUT",
+                   help="BIDS dataset/subject folder or QSM-CI artifact folder")
+    g = p.add_argument_group("explicit inputs (override what INPUT provides)")
+    g.add_argument("--phase", nargs="+", metavar="P", help="phase NIfTI (4D over echoes) or "
+                   "one 3D file per echo")
+    g.add_argument("--magnitude", nargs="+", metavar="M", help="magnitude NIfTI like --phase")
+    g.add_argument("--te", nargs="+", type=float, metavar="T", help="echo times in s (ms if "
+                   "above 1)")
+    g.add_argument("--field-strength", type=float, metavar="B0", help="tesla")
+    g.add_argument("--mask", metavar="M", help="brain mask NIfTI (used as given)")
+    g.add_argument("--local-field", metavar="LF", help="local field NIfTI (ppm): network only")
+    g.add_argument("--total-field", metavar="TF", help="total field NIfTI (ppm): background "
+                   "removal + network")
+    g.add_argument("--b0-dir", nargs=3, type=float, metavar=("X", "Y", "Z"),
+                   help="B0 direction in voxel coordinates (default: from the affine)")
+    g.add_argument("--voxel-size", nargs="+", type=float, metavar="MM",
+                   help="voxel size in mm (default: from the affine)")
+    g.add_argument("--phase-sign", type=int, choices=(1, -1), default=1,
+                   help="-1 flips the phase (e.g. GE)")
+    g.add_argument("--rescale-phase", action="store_const", const=True, default=None,
+                   help="map a phase that is not in radians linearly onto [-pi, pi)")
+    g.add_argument("--coil-axis", type=int, choices=(3, 4), help="NIfTI axis of uncombined "
+                   "coils (default 4 for 5D images)")
+    g.add_argument("--subject", help="BIDS subject to use when INPUT holds several")
+    g.add_argument("--select", metavar="TEXT", help="use the BIDS run whose file names "
+                   "contain TEXT (e.g. run-2, ses-02)")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``infer`` on the dispatcher's subparsers."""
+    from dlqsm.cli.reconstruct import BFR, ECHO_FIT, UNWRAP
+
+    p = subparsers.add_parser(
+        "infer", help="learned QSM of one scan (raw phase or field map -> chi, ppm)",
+        description="Learned QSM: classical field mapping and background removal when needed, "
+        "then a trained network for the dipole inversion, at any B0 direction and voxel size.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_input_arguments(p)
+    p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
+    m = p.add_argument_group("model")
+    m.add_argument("--checkpoint", metavar="PATH", help="trained model (.ckpt from dlqsm train "
+                   "or a run folder); default: the model shipped with dlqsm")
+    m.add_argument("--tile", nargs="*", type=int, metavar="N", default=None,
+                   help="force sliding-window inference; optional window size (1 or 3 ints)")
+    m.add_argument("--no-tile", action="store_true", help="force whole-volume inference")
+    m.add_argument("--overlap", type=float, default=0.5, help="window overlap (default 0.5)")
+    m.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
+    f = p.add_argument_group("field mapping (raw or total-field input)")
+    f.add_argument("--unwrap", choices=UNWRAP, default="romeo")
+    f.add_argument("--echo-fit", choices=ECHO_FIT, default="wls")
+    f.add_argument("--bfr", choices=BFR, default="pdf", help="background removal (default pdf)")
+    f.add_argument("--mask-erosion", type=float, default=0.0, metavar="MM",
+                   help="erode a computed mask by MM (a given mask is never eroded)")
+    f.add_argument("--param", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                   help="field-mapping stage parameter, e.g. bfr.tol=0.01 (repeatable)")
+    r = p.add_argument_group("run")
+    r.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    r.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=run)
+    return p
+
+
+def _tile_option(args):
+    """(tile, roi_size) from --tile / --no-tile."""
+    from dlqsm.errors import InputError
+
+    if args.tile is not None and args.no_tile:
+        raise InputError("--tile and --no-tile contradict each other.", fix="give one of them.")
+    if args.no_tile:
+        return False, None
+    if args.tile is None:
+        return None, None
+    if len(args.tile) not in (0, 1, 3):
+        raise InputError(f"--tile takes no value, one or three window sizes, got {args.tile}.")
+    return True, (args.tile or None)
+
+
+def outputs_for(kind: str) -> list[str]:
+    """Files written for a scan of ``kind`` ("raw", "total_field", "local_field")."""
+    extra = ["localfield.nii.gz", "mask.nii.gz"] if kind != "local_field" else []
+    return ["chimap.nii.gz", *extra, "record.json"]
+
+
+def run(args) -> int:
+    """Load the model and the scan, map the field if needed, run the network, write."""
+    import time
+
+    from dlqsm.cli.reconstruct import parse_params
+    from dlqsm.errors import InputError
+    from dlqsm.inference import Predictor, local_field_from_scan
+    from dlqsm.io.outputs import OutputDir
+    from dlqsm.io.scan import load_scan
+
+    t0 = time.perf_counter()
+    out = OutputDir(args.out, force=args.force)
+    out.check(["chimap.nii.gz", "record.json"])
+    if args.mask_erosion < 0:
+        raise InputError(f"--mask-erosion must be >= 0 mm, got {args.mask_erosion}.")
+    tile, roi = _tile_option(args)
+    stage_params = parse_params(args.param)
+    predictor = Predictor(args.checkpoint, device=args.device, tile=tile, roi_size=roi,
+                          overlap=args.overlap, amp=args.amp, progress=not args.quiet)
+    scan = load_scan(args.input, phase=args.phase, magnitude=args.magnitude, te=args.te,
+                     field_strength=args.field_strength, mask=args.mask,
+                     local_field=args.local_field, total_field=args.total_field,
+                     b0_dir=args.b0_dir, voxel_size=args.voxel_size,
+                     phase_sign=args.phase_sign, coil_axis=args.coil_axis,
+                     rescale_phase=args.rescale_phase, subject=args.subject, select=args.select)
+    names = outputs_for(scan.kind)
+    out.check(names)
+    fmap = local_field_from_scan(scan, unwrap=args.unwrap, echo_fit=args.echo_fit, bfr=args.bfr,
+                                 mask_erosion_mm=args.mask_erosion, device=predictor.device,
+                                 progress=not args.quiet, stage_params=stage_params)
+    _say(args, f"network ({predictor.spec.name}) on {predictor.device} ...")
+    pred = predictor.run(fmap.local_field, fmap.mask, voxel_size=scan.voxel_size,
+                         b0_dir=scan.b0_dir)
+    total = time.perf_counter() - t0
+    vols = {"chimap.nii.gz": pred.chi, "localfield.nii.gz": fmap.local_field,
+            "mask.nii.gz": fmap.mask}
+    for name in names:
+        if name in vols:
+            out.nifti(name, vols[name].float(), scan.affine)
+    out.json("record.json", build_record(scan, fmap, pred, predictor, args, names, total))
+    for note in fmap.notices:
+        _say(args, f"note: {note}")
+    _say(args, f"wrote {', '.join(names)} to {out.path} ({total:.1f} s)")
+    return 0
+
+
+def _say(args, text: str) -> None:
+    if not args.quiet:
+        print(f"dlqsm infer: {text}", file=sys.stderr, flush=True)
+
+
+def build_record(scan, fmap, pred, predictor, args, names, total_s) -> dict:
+    """The JSON record: inputs, model and metadata, geometry and resampling, timings."""
+    from dlqsm.io.outputs import software_versions
+    from dlqsm.physics.geometry import angle_to_b0
+
+    b0 = [float(b) for b in scan.b0_dir]
+    return {
+        "command": "dlqsm infer " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else []),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "input": {"kind": scan.kind, "sources": scan.sources, "shape": list(scan.shape)},
+        "geometry": {"b0_dir_voxel": b0, "b0_angle_to_voxel_z_deg": angle_to_b0(b0),
+                     "voxel_size_mm": [float(v) for v in scan.voxel_size],
+                     "affine": scan.affine},
+        "units": {"chimap": "ppm, referenced to its mean inside the mask (whole brain)",
+                  "fields": "ppm"},
+        "model": predictor.describe(),
+        "inference": {k: v for k, v in pred.info.items() if k != "timings_s"},
+        "field_mapping": {"parameters": fmap.parameters, "stage_info": fmap.info},
+        "mask": {"voxels": int(fmap.mask.sum())},
+        "timings_s": {**fmap.timings, **{f"network_{k}": v
+                                          for k, v in pred.info["timings_s"].items()},
+                      "total": total_s},
+        "software": software_versions(),
+        "notices": fmap.notices,
+        "outputs": names,
+    }
