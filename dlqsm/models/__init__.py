@@ -1,0 +1,24 @@
+"""Networks as plain ``nn.Module``s (no Lightning here).
+
+Every model is called as ``net(field, mask=None, b0_dir=None, voxel_size=None) -> chi`` with
+fields and susceptibility in ppm (see :mod:`dlqsm.models.base`).
+"""
+
+from dlqsm.models.base import QSMModel
+from dlqsm.models.build import build_from_config, load_model
+from dlqsm.models.physics import BatchDipole, batch_dipole, tkd
+from dlqsm.models.unrolled import ConvPrior, UnrolledQSM
+from dlqsm.models.wrappers import NormalizedNet, TKDResidualNet
+
+__all__ = [
+    "QSMModel",
+    "NormalizedNet",
+    "TKDResidualNet",
+    "UnrolledQSM",
+    "ConvPrior",
+    "BatchDipole",
+    "batch_dipole",
+    "tkd",
+    "build_from_config",
+    "load_model",
+]
