@@ -36,6 +36,15 @@ def _b0_tensor(b0_dir, device, dtype) -> torch.Tensor:
     return torch.as_tensor(b, device=device, dtype=dtype)
 
 
+def _without_nyquist(k: torch.Tensor, n: int) -> torch.Tensor:
+    """A frequency axis (broadcastable view) with its Nyquist sample set to 0 for even n."""
+    if n % 2:
+        return k
+    k = k.clone()
+    k.view(-1)[n // 2] = 0.0  # index n//2 is the Nyquist sample of fftfreq and rfftfreq
+    return k
+
+
 def dipole_kernel(shape: Sequence[int], voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), *,
                   half: bool = True, device=None, dtype=torch.float32) -> torch.Tensor:
     """Dipole kernel D(k) on the FFT grid of ``shape``.
@@ -49,15 +58,27 @@ def dipole_kernel(shape: Sequence[int], voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0,
 
     Returns:
         (X, Y, Zk) real tensor for a single direction, (B, 1, X, Y, Zk) for a batch of them.
+
+    On the Nyquist plane of an even-sized axis, where +1/2 and -1/2 cycles/voxel are the same
+    sample, D is the average over the two aliases, so that D(k) = D(-k) holds exactly on the
+    grid for every B0 direction (the operator stays real and the half spectrum equals the full
+    one). Without this, oblique B0 directions gave an asymmetric kernel there.
     """
     vox = normalize_voxel_size(voxel_size)
-    kx, ky, kz = kspace_grid(shape, vox, half=half, device=device, dtype=dtype)
+    if device is None and isinstance(b0_dir, torch.Tensor):
+        device = b0_dir.device
+    ks = kspace_grid(shape, vox, half=half, device=device, dtype=dtype)
     b = _b0_tensor(b0_dir, device, dtype)  # (B, 3)
-    k2 = kx ** 2 + ky ** 2 + kz ** 2
+    bs = [b[:, i].view(-1, 1, 1, 1) for i in range(3)]
+    k2 = ks[0] ** 2 + ks[1] ** 2 + ks[2] ** 2
     k2[0, 0, 0] = 1.0
-    bx, by, bz = (b[:, i].view(-1, 1, 1, 1) for i in range(3))
-    kb = kx * bx + ky * by + kz * bz
-    d = 1.0 / 3.0 - kb ** 2 / k2
+    # (k.b)^2 averaged over the aliases +-1/2 of a Nyquist sample (even axes): the cross terms
+    # with a Nyquist component vanish. The sampled kernel is then exactly even (D[i] == D[-i]),
+    # its image-space kernel is real, and the half and full spectra agree.
+    kt = [_without_nyquist(k, int(n)) for k, n in zip(ks, shape, strict=True)]
+    kb2 = (kt[0] * bs[0] + kt[1] * bs[1] + kt[2] * bs[2]) ** 2
+    kb2 = kb2 + sum((k ** 2 - t ** 2) * bi ** 2 for k, t, bi in zip(ks, kt, bs, strict=True))
+    d = 1.0 / 3.0 - kb2 / k2
     d[:, 0, 0, 0] = 0.0
     if not isinstance(b0_dir, torch.Tensor) and np.asarray(b0_dir).ndim == 1:
         return d[0]
@@ -71,7 +92,8 @@ class DipoleOperator(LinearOperator):
 
     The operator is real and self-adjoint (D is real and even), so ``adjoint == forward``.
     Inputs have shape (..., X, Y, Z); with a batch of B0 directions (B, 3) the input must be
-    (B, C, X, Y, Z). Works on whichever device the kernel lives on (``.to(device)``).
+    (B, C, X, Y, Z) (or (1, C, X, Y, Z): one object seen at B orientations). Works on
+    whichever device the kernel lives on (``.to(device)``).
 
     Args:
         shape: spatial shape (X, Y, Z) of the unpadded volume.
@@ -103,6 +125,11 @@ class DipoleOperator(LinearOperator):
     def _check(self, x: torch.Tensor):
         if tuple(x.shape[-3:]) != self.shape:
             raise ValueError(f"expected spatial shape {self.shape}, got {tuple(x.shape[-3:])}")
+        n = self.kernel.shape[0] if self.kernel.ndim == 5 else None
+        if n is not None and (x.ndim != 5 or x.shape[0] not in (1, n)):
+            # a (C, X, Y, Z) input would broadcast against (B, 1, ...) kernels without error
+            raise ValueError(f"{n} B0 directions need input (B={n} or 1, C, X, Y, Z), "
+                             f"got {tuple(x.shape)}")
 
     def apply_kspace(self, x: torch.Tensor, kfilter: torch.Tensor) -> torch.Tensor:
         """Pad x, multiply its half spectrum by ``kfilter`` (padded grid), transform back, crop."""
