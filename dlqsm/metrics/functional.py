@@ -20,9 +20,10 @@ Units
 
 Pinned constants (module attributes, cited in the docstrings below)
     HFEN: Laplacian of Gaussian with sigma 1.5 voxels on a 15 x 15 x 15 support (radius 7).
-    XSIM: Gaussian window sigma 1.5 voxels on a 7 x 7 x 7 support, L = 1 ppm, K1 = 0.01,
-    K2 = 0.001, no rescaling and no clipping of the ppm values (Milovic et al., MRM 2024,
-    doi:10.1002/mrm.30271, and the challenge's ``compute_xsim.m``, version 2.0).
+    XSIM: uniform 5 x 5 x 5 windows, L = 1 ppm, K1 = 0.01, K2 = 0.001, no rescaling and no
+    clipping of the ppm values (Milovic et al., MRM 2024, doi:10.1002/mrm.30271). The QSM
+    challenge 2.0 script ``compute_xsim.m`` uses a Gaussian window (sigma 1.5, 7 voxels a side)
+    instead: ``xsim(..., window="gaussian", radius=3)`` reproduces it.
     SSIM: Wang et al. (2004) constants K1 = 0.01, K2 = 0.03, L = 1, Gaussian window sigma 1.5 on
     an 11 x 11 x 11 support, on data rescaled with the *target's* range to [0, 1].
     Windowed filters extend the volume by replicating edge voxels (scipy ``mode="nearest"``).
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 
 HFEN_SIGMA = 1.5
 HFEN_RADIUS = 7
-XSIM_SIGMA, XSIM_RADIUS, XSIM_L, XSIM_K1, XSIM_K2 = 1.5, 3, 1.0, 0.01, 0.001
+XSIM_SIGMA, XSIM_RADIUS, XSIM_L, XSIM_K1, XSIM_K2 = 1.5, 2, 1.0, 0.01, 0.001
 SSIM_SIGMA, SSIM_RADIUS, SSIM_L, SSIM_K1, SSIM_K2 = 1.5, 5, 1.0, 0.01, 0.03
 
 _DIMS = (1, 2, 3)
@@ -244,15 +245,16 @@ def _windowed_similarity(p, t, m, window, sigma, radius, L, k1, k2):
 
 
 def xsim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, *,
-         window: str = "gaussian", sigma: float = XSIM_SIGMA, radius: int = XSIM_RADIUS,
+         window: str = "uniform", sigma: float = XSIM_SIGMA, radius: int = XSIM_RADIUS,
          demean: bool = True) -> torch.Tensor:
     """XSIM, the structural similarity adapted to QSM (Milovic et al., MRM 2024).
 
     The maps stay in ppm: no rescaling, no clipping; L = 1 ppm, K1 = 0.01, K2 = 0.001 (the
     small K2 makes the index sensitive to streaking). Both maps are (optionally) demeaned inside
-    the mask and set to zero outside it; the local statistics use a Gaussian window (sigma 1.5
-    voxels, ``2 * radius + 1`` = 7 voxels a side) or, with ``window="uniform"``, a box of
-    ``2 * radius + 1`` voxels a side; the index map is averaged over the mask.
+    the mask and set to zero outside it; the local statistics use a box of ``2 * radius + 1``
+    = 5 voxels a side (dlqsm's pinned definition) or, with ``window="gaussian"``, a Gaussian
+    window of ``sigma`` voxels (the challenge script's choice with radius 3); the index map is
+    averaged over the mask.
 
     Returns:
         0-d tensor for a single volume, (B,) for a batch; 1 for a perfect prediction.
