@@ -123,7 +123,8 @@ def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
     """Otsu's threshold of a 1D set of intensities (maximises the between-class variance).
 
     Intensities above the 99.9th percentile are clipped first, so a few bright vessels or
-    artefacts do not squeeze the histogram.
+    artefacts do not squeeze the histogram. When the optimum is a plateau (an empty gap between
+    the classes) the threshold is the middle of the gap.
     """
     v = values.flatten().to(torch.float64)
     if v.numel() == 0:
@@ -140,7 +141,9 @@ def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
     m0 = torch.cumsum(p * centres, 0)
     mt = m0[-1]
     between = (mt * w0 - m0) ** 2 / (w0 * (1 - w0)).clamp_min(1e-12)
-    k = int(torch.argmax(between[:-1]))
+    between = between[:-1]
+    best = torch.nonzero(between >= between.max() * (1 - 1e-9)).flatten()
+    k = 0.5 * float(best[0] + best[-1])  # middle of a plateau (an empty gap between classes)
     return float(lo + (k + 1) * width)
 
 
