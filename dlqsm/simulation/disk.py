@@ -1,0 +1,232 @@
+"""Write simulated datasets to disk (NIfTI per sample, resumable) and stream them back.
+
+Layout of an output folder::
+
+    OUT/
+      dataset.json            settings, seed, number of samples, software versions
+      manifest.json           per-sample metadata (rebuilt at the end of every run)
+      sample_00000/
+        chi.nii.gz            ppm, referenced to the mask mean, 0 outside       (X, Y, Z)
+        field.nii.gz          local field, ppm, 0 outside the mask              (X, Y, Z)
+        mask.nii.gz           uint8 {0, 1}                                      (X, Y, Z)
+        labels.nii.gz         int16 head labels (0 where none)                  (X, Y, Z)
+        magnitude.nii.gz      with signal: echoes on the 4th axis               (X, Y, Z, E)
+        phase.nii.gz          with signal: wrapped phase, rad                   (X, Y, Z, E)
+        total_field.nii.gz    with signal: ppm                                  (X, Y, Z)
+        meta.json             index, seed, source, b0_dir, voxel_size, te, b0_tesla, ...
+
+Affines carry the voxel size and the B0 direction (``b0_dir_from_affine(affine) == b0_dir``
+with world B0 = +z), so the files can be read by any NIfTI-based tool. Each sample is written
+into a hidden temporary folder and renamed when complete: an interrupted run leaves only
+whole samples, and re-running the same command skips them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from dlqsm.errors import InputError
+from dlqsm.io.nifti import save_nifti
+from dlqsm.io.outputs import software_versions, write_json_atomic
+from dlqsm.simulation.acquisition import affine_for
+
+SAMPLE_FMT = "sample_{:05d}"
+_TMP_PREFIX = ".tmp-sample_"
+
+
+def _ext(compress: bool) -> str:
+    return ".nii.gz" if compress else ".nii"
+
+
+def write_sample(folder, sample: dict, meta: dict, *, compress: bool = True) -> Path:
+    """Write one sample dict (dataset contract, unbatched) and its metadata into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shape = tuple(sample["chi"].shape[-3:])
+    aff = affine_for(shape, sample["voxel_size"].tolist(), sample["b0_dir"].tolist())
+    ext = _ext(compress)
+    save_nifti(folder / f"chi{ext}", sample["chi"][0], aff)
+    save_nifti(folder / f"field{ext}", sample["field"][0], aff)
+    save_nifti(folder / f"mask{ext}", sample["mask"][0], aff, dtype=np.uint8)
+    save_nifti(folder / f"labels{ext}", sample["labels"][0], aff, dtype=np.int16)
+    if "phase" in sample:
+        save_nifti(folder / f"magnitude{ext}", sample["magnitude"].permute(1, 2, 3, 0), aff)
+        save_nifti(folder / f"phase{ext}", sample["phase"].permute(1, 2, 3, 0), aff)
+        save_nifti(folder / f"total_field{ext}", sample["total_field"][0], aff)
+    record = dict(meta, shape=list(shape), b0_dir=sample["b0_dir"].tolist(),
+                  voxel_size=sample["voxel_size"].tolist(), files_ext=ext)
+    if "te" in sample:
+        record.update(te=sample["te"].tolist(), b0_tesla=float(sample["b0_tesla"]))
+    write_json_atomic(folder / "meta.json", record)
+    return folder
+
+
+class _WithMeta(Dataset):
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, list(indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.dataset.sample_with_meta(self.indices[i])
+
+
+def _check_settings(out: Path, settings: dict, force: bool) -> None:
+    path = out / "dataset.json"
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read {path.name} ({exc}).", path=path,
+                         fix="delete the file or choose another output folder.") from exc
+    same = {k: old.get(k) for k in ("seed", "settings")} == {
+        k: json.loads(json.dumps(settings[k])) for k in ("seed", "settings")}
+    if not same and not force:
+        raise InputError("the folder holds a dataset simulated with different settings, so "
+                         "resuming would mix them.", path=out,
+                         fix="choose another out_dir, delete it, or pass force=true to "
+                             "overwrite its samples.")
+
+
+def write_dataset(dataset, out_dir, *, indices=None, compress: bool = True,
+                  progress: bool = True, num_workers: int = 0, force: bool = False) -> dict:
+    """Simulate ``dataset`` (a :class:`SimulatedQSMDataset`) into ``out_dir``, resumably.
+
+    Args:
+        indices: sample indices to write (default: all).
+        compress: write ``.nii.gz`` (else ``.nii``).
+        progress: show a tqdm progress bar.
+        num_workers: data-loader workers that simulate in parallel (writing stays in this
+            process); results do not depend on it.
+        force: overwrite existing samples and accept changed settings.
+
+    Returns:
+        {"written": n, "skipped": n, "out_dir": str, "manifest": str}.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"seed": dataset.seed, "length": len(dataset),
+                "settings": dataset.config.as_dict()}
+    _check_settings(out, settings, force)
+    write_json_atomic(out / "dataset.json", dict(settings, versions=software_versions(),
+                                                 format="dlqsm-simulated-v1"))
+    for stale in out.glob(_TMP_PREFIX + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    indices = range(len(dataset)) if indices is None else indices
+    done = {i for i in indices if (out / SAMPLE_FMT.format(i) / "meta.json").exists()}
+    todo = [i for i in indices if force or i not in done]
+    loader = DataLoader(_WithMeta(dataset, todo), batch_size=None, num_workers=num_workers)
+    written = 0
+    try:
+        for sample, meta in tqdm(loader, total=len(todo), disable=not progress,
+                                 desc="simulate", unit="sample"):
+            _write_atomic(out, sample, meta, compress)
+            written += 1
+    finally:
+        manifest = write_manifest(out)
+    return {"written": written, "skipped": len(list(indices)) - len(todo), "out_dir": str(out),
+            "manifest": str(manifest)}
+
+
+def _write_atomic(out: Path, sample: dict, meta: dict, compress: bool) -> None:
+    final = out / SAMPLE_FMT.format(meta["index"])
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=_TMP_PREFIX))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+    try:
+        write_sample(tmp, sample, meta, compress=compress)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def write_manifest(out_dir) -> Path:
+    """Rebuild ``manifest.json`` from the per-sample ``meta.json`` files."""
+    out = Path(out_dir)
+    entries = []
+    for folder in sorted(out.glob("sample_*")):
+        meta_path = folder / "meta.json"
+        if folder.is_dir() and meta_path.exists():
+            entries.append(dict(json.loads(meta_path.read_text()), folder=folder.name))
+    return write_json_atomic(out / "manifest.json", {"n_samples": len(entries),
+                                                      "samples": entries})
+
+
+class DiskQSMDataset(Dataset):
+    """Reads a folder written by :func:`write_dataset`, one sample per item (nibabel).
+
+    Items follow the :class:`~dlqsm.simulation.datasets.SimulatedQSMDataset` contract (signal
+    keys when present on disk and ``signal`` is not False).
+
+    Args:
+        root: the output folder.
+        signal: None loads the signal when present; False never loads it.
+    """
+
+    def __init__(self, root, *, signal: bool | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise InputError("simulated dataset folder does not exist.", path=self.root,
+                             fix="run `dlqsm simulate out_dir=...` first.")
+        manifest = self.root / "manifest.json"
+        if manifest.exists():
+            entries = json.loads(manifest.read_text())["samples"]
+            self.entries = [e for e in entries if (self.root / e["folder"]).is_dir()]
+        else:
+            self.entries = [dict(json.loads((f / "meta.json").read_text()), folder=f.name)
+                            for f in sorted(self.root.glob("sample_*"))
+                            if (f / "meta.json").exists()]
+        if not self.entries:
+            raise InputError("no simulated samples found.", path=self.root,
+                             fix="run `dlqsm simulate out_dir=...` into this folder.")
+        self.signal = signal
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def meta(self, index: int) -> dict:
+        """Metadata of item ``index`` (from its meta.json)."""
+        return self.entries[index]
+
+    def _load(self, folder: Path, name: str, ext: str, dtype=np.float32) -> torch.Tensor:
+        img = nib.load(str(folder / f"{name}{ext}"))
+        return torch.from_numpy(np.asarray(img.dataobj, dtype=dtype))
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        e = self.entries[index]
+        folder = self.root / e["folder"]
+        ext = e.get("files_ext", ".nii.gz")
+        out = {"chi": self._load(folder, "chi", ext)[None],
+               "field": self._load(folder, "field", ext)[None],
+               "mask": self._load(folder, "mask", ext)[None],
+               "b0_dir": torch.tensor(e["b0_dir"], dtype=torch.float32),
+               "voxel_size": torch.tensor(e["voxel_size"], dtype=torch.float32),
+               "labels": self._load(folder, "labels", ext, np.int64)[None]}
+        if self.signal is not False and (folder / f"phase{ext}").exists():
+            out["magnitude"] = self._load(folder, "magnitude", ext).permute(3, 0, 1, 2)
+            out["phase"] = self._load(folder, "phase", ext).permute(3, 0, 1, 2)
+            out["te"] = torch.tensor(e["te"], dtype=torch.float32)
+            out["b0_tesla"] = torch.tensor(float(e["b0_tesla"]), dtype=torch.float32)
+            out["total_field"] = self._load(folder, "total_field", ext)[None]
+        return {k: v.contiguous() for k, v in out.items()}
