@@ -5,7 +5,7 @@ fields and susceptibility in ppm (see :mod:`dlqsm.models.base`).
 """
 
 from dlqsm.models.base import QSMModel
-from dlqsm.models.build import build_from_config, load_model
+from dlqsm.models.build import build_from_config, export_model, load_model
 from dlqsm.models.physics import BatchDipole, batch_dipole, tkd
 from dlqsm.models.unrolled import ConvPrior, UnrolledQSM
 from dlqsm.models.wrappers import NormalizedNet, TKDResidualNet
@@ -21,4 +21,5 @@ __all__ = [
     "tkd",
     "build_from_config",
     "load_model",
+    "export_model",
 ]

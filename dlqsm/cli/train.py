@@ -1,0 +1,56 @@
+"""``dlqsm train [OVERRIDES]``: the Hydra training job (same as ``python scripts/train.py``).
+
+Everything after ``train`` is handed to Hydra: ``group=option``, ``key=value``, ``-m`` for
+multirun, ``--cfg job`` to print the composed config. The configs are found in the dlqsm
+checkout (``configs/``) or in ``$DLQSM_CONFIG_DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  dlqsm train debug=fast                          seconds on a CPU
+  dlqsm train experiment=quickstart_cpu           a small model in a couple of minutes on a CPU
+  dlqsm train model=unrolled loss=l1_physics trainer=gpu_bf16
+  dlqsm train run_name=myrun ckpt_path=last       resume the run folder logs/train/runs/myrun
+  dlqsm train -m hparams_search=optuna            hyper-parameter search
+  dlqsm train --cfg job                           print the composed config and exit
+
+groups: data={sim,disk,mixture} model={unet,basicunet,resunet,unrolled}
+        loss={l1,l2,l1_gdl,l1_physics,physics} optimizer={adamw,adam}
+        scheduler={cosine,plateau,none} trainer={cpu,gpu,gpu_bf16,gpu_16,ddp,ddp_cpu}
+        logger={wandb,csv,tensorboard,none} callbacks={default,minimal,none}
+        experiment={quickstart_cpu,deepqsm_shapes,hybrid_unet,unrolled} debug={fast,fdr,...}
+See docs/training.md."""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``dlqsm train``; unknown arguments are passed on as Hydra overrides."""
+    p = subparsers.add_parser(
+        "train", help="train a network (Hydra overrides follow)",
+        description="Train a QSM network with the Hydra config configs/train.yaml. "
+                    "Arguments are Hydra overrides (group=option, key=value).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=run, accepts_overrides=True)
+    return p
+
+
+def run(args) -> int:
+    """Compose configs/train.yaml with ``args.overrides`` and train (see dlqsm.lit.train)."""
+    from dlqsm.lit.train import config_dir, run_hydra
+
+    config_dir()  # fail early, with a clear message, when the configs cannot be found
+    run_hydra(list(getattr(args, "overrides", []) or []), script=str(Path(__file__).resolve()))
+    return 0
+
+
+if __name__ == "__main__":
+    # Lightning's DDP launcher re-executes this file for ranks > 0 (see dlqsm.lit.train.run_hydra)
+    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+        sys.path.pop(0)
+    from dlqsm.lit.train import run_hydra
+
+    run_hydra(sys.argv[1:], script=str(Path(__file__).resolve()))

@@ -1,0 +1,119 @@
+"""LightningDataModule over map-style QSM datasets (simulated on the fly, on disk, or a mixture).
+
+Samples are dicts with "chi" (1, X, Y, Z) ppm, "field" (1, X, Y, Z) ppm, "mask" (1, X, Y, Z),
+"b0_dir" (3,), "voxel_size" (3,) and optionally "labels" (1, X, Y, Z) int64. The validation set is
+a separate dataset built with its own fixed seed (distinct from the training seed), so the same
+volumes are scored every epoch and in every run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+
+class MixtureDataset(Dataset):
+    """Deterministic weighted mixture of datasets: item i comes from dataset j with prob w_j.
+
+    Args:
+        datasets: list of map-style datasets with the same sample contract.
+        weights: relative sampling weights (default: equal).
+        length: number of items (default: the sum of the dataset lengths).
+        seed: the choice of (dataset, index) for item i depends only on (seed, i).
+    """
+
+    def __init__(self, datasets, weights=None, length: int | None = None, seed: int = 0):
+        self.datasets = list(datasets)
+        if not self.datasets:
+            raise ValueError("MixtureDataset needs at least one dataset")
+        w = np.ones(len(self.datasets)) if weights is None else np.asarray(weights, float)
+        if w.shape != (len(self.datasets),) or np.any(w < 0) or w.sum() <= 0:
+            raise ValueError(f"need one non-negative weight per dataset, got {weights!r}")
+        self.cum = np.cumsum(w / w.sum())
+        self.length = int(length) if length is not None else sum(len(d) for d in self.datasets)
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < self.length:
+            raise IndexError(i)
+        rng = np.random.default_rng([self.seed, int(i)])
+        j = min(int(np.searchsorted(self.cum, rng.random(), side="right")), len(self.cum) - 1)
+        ds = self.datasets[j]
+        return ds[int(rng.integers(len(ds)))]
+
+
+class CachedDataset(Dataset):
+    """Materialise a (small, deterministic) dataset once, e.g. the validation set."""
+
+    def __init__(self, dataset):
+        self.items = [dataset[i] for i in range(len(dataset))]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.items[i]
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack a list of sample dicts into a batch dict (tensors stacked, other values listed)."""
+    out = {}
+    for key in samples[0]:
+        vals = [s[key] for s in samples]
+        if isinstance(vals[0], torch.Tensor):
+            out[key] = torch.stack(vals)
+        elif isinstance(vals[0], np.ndarray | float | int):
+            out[key] = torch.as_tensor(np.stack(vals))
+        else:
+            out[key] = vals
+    return out
+
+
+class QSMDataModule(LightningDataModule):
+    """Train/val loaders over ready-made datasets (built by Hydra from ``configs/data``).
+
+    Args:
+        train_dataset, val_dataset: map-style datasets following the sample contract.
+        batch_size: per-process batch size (DDP multiplies it by the number of processes).
+        num_workers: loader worker processes; workers persist between epochs when > 0.
+        pin_memory: pin host memory (useful with CUDA).
+        cache_val: generate the validation samples once and keep them in memory.
+        val_batch_size: defaults to ``batch_size``.
+    """
+
+    def __init__(self, train_dataset, val_dataset, batch_size: int = 2, num_workers: int = 0,
+                 pin_memory: bool = False, cache_val: bool = True,
+                 val_batch_size: int | None = None):
+        super().__init__()
+        self.save_hyperparameters(ignore=["train_dataset", "val_dataset"], logger=False)
+        seeds = (getattr(train_dataset, "seed", None), getattr(val_dataset, "seed", None))
+        if seeds[0] is not None and seeds[0] == seeds[1]:
+            raise ValueError("the validation set must use a seed distinct from the training one "
+                             f"(both {seeds[0]})")
+        self.train_dataset = train_dataset
+        self.val_dataset = val_dataset
+        self._val = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._val is None:
+            self._val = CachedDataset(self.val_dataset) if self.hparams.cache_val \
+                else self.val_dataset
+
+    def _loader(self, dataset, batch_size, shuffle):
+        workers = self.hparams.num_workers
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                          pin_memory=self.hparams.pin_memory, persistent_workers=workers > 0,
+                          collate_fn=collate, drop_last=shuffle and len(dataset) >= batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        bs = self.hparams.val_batch_size or self.hparams.batch_size
+        return self._loader(self._val, bs, shuffle=False)

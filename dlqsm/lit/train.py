@@ -1,0 +1,157 @@
+"""The training job: compose ``configs/train.yaml``, build everything with Hydra, fit.
+
+Entry points (all call :func:`train`):
+
+* ``python scripts/train.py [overrides]`` -- the Hydra main of the repository;
+* ``dlqsm train [overrides]`` -- the console script (:func:`run_hydra` with the located configs);
+* ``train(cfg)`` from Python with a composed config (as the tests do).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from omegaconf import DictConfig, OmegaConf
+
+import dlqsm
+from dlqsm.errors import InputError
+
+log = logging.getLogger(__name__)
+CONFIG_ENV = "DLQSM_CONFIG_DIR"
+
+
+def config_dir() -> Path:
+    """The Hydra config folder: ``$DLQSM_CONFIG_DIR``, else ``configs/`` of the dlqsm checkout.
+
+    Raises:
+        InputError: when neither exists (e.g. a wheel install without the repository).
+    """
+    candidates = []
+    if os.environ.get(CONFIG_ENV):
+        candidates.append(Path(os.environ[CONFIG_ENV]))
+    candidates.append(Path(dlqsm.__file__).resolve().parents[1] / "configs")
+    candidates.append(Path.cwd() / "configs")
+    for c in candidates:
+        if (c / "train.yaml").is_file():
+            return c.resolve()
+    raise InputError("cannot find the training configs (configs/train.yaml).",
+                     fix=f"run from a dlqsm checkout or set {CONFIG_ENV}=/path/to/dlqsm/configs.")
+
+
+def instantiate_group(group: DictConfig | None) -> list:
+    """Instantiate every entry with a ``_target_`` of a dict-like group (callbacks, loggers)."""
+    if not group:
+        return []
+    return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def resolve_ckpt_path(ckpt_path, trainer: L.Trainer) -> str | None:
+    """``ckpt_path`` override -> a checkpoint file (or None to start from scratch).
+
+    ``null``: fresh start; ``last``: ``last.ckpt`` of this run's checkpoint folder when present
+    (a fresh start, with a warning, when not); a run folder: its ``checkpoints/last.ckpt``;
+    otherwise a checkpoint file, which must exist.
+    """
+    if ckpt_path in (None, "", "null"):
+        return None
+    if ckpt_path == "last":
+        cb = trainer.checkpoint_callback
+        last = Path(cb.dirpath) / "last.ckpt" if cb is not None and cb.dirpath else None
+        if last is not None and last.is_file():
+            log.info("Resuming from %s", last)
+            return str(last)
+        log.warning("ckpt_path=last but no last.ckpt in %s: starting from scratch",
+                    getattr(cb, "dirpath", None))
+        return None
+    p = Path(ckpt_path)
+    if p.is_dir():
+        for cand in (p / "checkpoints" / "last.ckpt", p / "last.ckpt"):
+            if cand.is_file():
+                return str(cand)
+        raise InputError("no last.ckpt in this run folder.", path=p,
+                         fix="give the checkpoint file itself or ckpt_path=null.")
+    if not p.is_file():
+        raise InputError("checkpoint not found.", path=p, fix="check ckpt_path.")
+    return str(p)
+
+
+def build(cfg: DictConfig) -> dict:
+    """Instantiate datamodule, network, LightningModule, callbacks, loggers and trainer."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(int(cfg.seed), workers=True)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    net = instantiate(cfg.model)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    # a partial, then called: objects given to instantiate() as kwargs would be instantiated
+    make_module = instantiate(cfg.module, _partial_=True, _convert_="all")
+    module = make_module(net=net, loss=instantiate(cfg.loss),
+                         optimizer=instantiate(cfg.optimizer), scheduler=scheduler,
+                         net_config=OmegaConf.to_container(cfg.model, resolve=True))
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    if not loggers:  # LearningRateMonitor refuses to run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(module.run_config)
+    return {"cfg": cfg, "datamodule": datamodule, "net": net, "module": module,
+            "callbacks": callbacks, "loggers": loggers, "trainer": trainer}
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train as configured; returns the final metrics (floats) and ``best_model_path``.
+
+    Resumes when ``cfg.ckpt_path`` is set (see :func:`resolve_ckpt_path`).
+    """
+    objs = build(cfg)
+    trainer, module = objs["trainer"], objs["module"]
+    log.info("Network %s with %d parameters; output dir %s", type(objs["net"]).__name__,
+             sum(p.numel() for p in objs["net"].parameters()), trainer.default_root_dir)
+    ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), trainer)
+    trainer.fit(module, datamodule=objs["datamodule"], ckpt_path=ckpt)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    cb = trainer.checkpoint_callback
+    if cb is not None and cb.best_model_score is not None:
+        metrics["best_score"] = float(cb.best_model_score)
+        metrics["best_model_path"] = cb.best_model_path
+    metrics["global_step"] = trainer.global_step
+    log.info("Finished: %s", {k: v for k, v in metrics.items() if k.startswith("val/")})
+    return metrics
+
+
+def task(cfg: DictConfig) -> float | None:
+    """Hydra task: train, return ``cfg.optimized_metric`` (for the Optuna sweeper)."""
+    metrics = train(cfg)
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    cb_monitor = OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor")
+    if name == cb_monitor and "best_score" in metrics:
+        return metrics["best_score"]
+    if name not in metrics:
+        raise InputError(f"optimized_metric {name!r} was not logged; logged: {sorted(metrics)}")
+    return metrics[name]
+
+
+def run_hydra(overrides: list[str], script: str | None = None) -> None:
+    """Run the Hydra app over the located configs with command-line ``overrides``.
+
+    ``script`` becomes ``sys.argv[0]`` during the run: Lightning's DDP launcher re-executes it
+    (with the same overrides) for the other processes, so it must be a runnable Python file.
+    """
+    main = hydra.main(version_base="1.3", config_path=str(config_dir()),
+                      config_name="train")(task)
+    saved = sys.argv
+    sys.argv = [script or saved[0], *overrides]
+    try:
+        main()
+    finally:
+        sys.argv = saved
