@@ -15,7 +15,7 @@ import sys
 from dlqsm.errors import DlqsmError
 
 SUBCOMMANDS = {
-    "demo": "dlqsm.cli.demo",
+    "quickstart": "dlqsm.cli.quickstart",
     "reconstruct": "dlqsm.cli.reconstruct",
     "simulate": "dlqsm.cli.simulate",
     "train": "dlqsm.cli.train",
