@@ -254,7 +254,10 @@ class Simulator:
         dev = chi_all.device
         total = forward_field((chi_all - outside.view(B, 1, 1, 1)).unsqueeze(1), vs, b0,
                               padding=cfg.padding, kernel=kernel)[:, 0]
-        mags, phases, tes, b0s = [], [], [], []
+        E = cfg.n_echoes
+        mags = torch.empty(B, E, *cfg.shape, device=dev)
+        phases = torch.empty(B, E, *cfg.shape, device=dev)
+        tes, b0s = [], []
         for i in range(B):
             v = vs[i].tolist()
             if cfg.shim_ppm > 0:
@@ -273,12 +276,11 @@ class Simulator:
             snr = None if cfg.snr is None else uniform_scalar(generator, cfg.snr)
             sig = multi_echo_signal(total[i], te, b0t, m0=m0, r2star=r2, phi0=phi0, snr=snr,
                                     signal_mask=signal_mask[i], generator=generator)
-            mags.append(sig.magnitude)
-            phases.append(sig.phase)
+            mags[i], phases[i] = sig.magnitude, sig.phase
             tes.append(te)
             b0s.append(b0t)
             meta[i].update(te=te.tolist(), b0_tesla=b0t, snr=snr)
-        return {"magnitude": torch.stack(mags), "phase": torch.stack(phases),
+        return {"magnitude": mags, "phase": phases,
                 "te": torch.stack(tes).to(dev), "b0_tesla": torch.tensor(b0s, device=dev),
                 "total_field": (total * signal_mask).unsqueeze(1)}
 

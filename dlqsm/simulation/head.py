@@ -342,7 +342,7 @@ def _draw_frame(g, shape, vox, scale, offset_mm, max_rotation_deg, variation):
         fov_half = torch.tensor([n * h / 2 for n, h in zip(shape, vox, strict=True)])
         need = torch.tensor(FIT_HALF_EXTENT) * s
         slack = torch.clamp(need - fov_half, min=0) * 0.5 + 2.0 * s
-        off = (2 * rand(g, 3) - 1) * slack if variation else torch.zeros(3)
+        off = (2 * rand(g, 3).cpu() - 1) * slack if variation else torch.zeros(3)
     else:
         off = torch.as_tensor(offset_mm, dtype=torch.float32)
     off = off + torch.tensor([0.0, 0.0, FRAME_SHIFT_Z * s]) @ rot.T

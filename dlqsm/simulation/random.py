@@ -103,7 +103,7 @@ def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
 def small_rotation(generator, max_deg: float | Sequence[float]) -> torch.Tensor:
     """A (3, 3) rotation with Euler angles about x, y, z uniform in +-max_deg (degrees)."""
     m = torch.as_tensor(max_deg, dtype=torch.float32).expand(3)
-    ang = (2 * rand(generator, 3) - 1) * m * math.pi / 180
+    ang = (2 * rand(generator, 3).cpu() - 1) * m * math.pi / 180
     out = torch.eye(3)
     for axis in range(3):
         c, s = math.cos(float(ang[axis])), math.sin(float(ang[axis]))

@@ -195,34 +195,39 @@ def _kind_runs(code: int, prims: Primitives, shape, vs: torch.Tensor):
     X, Y, Z = (int(s) for s in shape)
     nxy = torch.tensor([X, Y], device=dev, dtype=torch.float32)
     vsp = vs[prims.sample]  # (S, 3)
-    half = (nxy - 1) / 2
-    lo = torch.ceil((prims.center[:, :2] - prims.extent[:, :2]) / vsp[:, :2] + half).clamp(min=0)
+    half = torch.tensor([(X - 1) / 2, (Y - 1) / 2, (Z - 1) / 2], device=dev)
+    lo = torch.ceil((prims.center[:, :2] - prims.extent[:, :2]) / vsp[:, :2] + half[:2])
+    lo = lo.clamp(min=0)
     hi = torch.minimum(torch.floor((prims.center[:, :2] + prims.extent[:, :2]) / vsp[:, :2]
-                                   + half), nxy - 1)
-    cnt = (hi - lo + 1).clamp(min=0).to(torch.int64)
-    total = cnt[:, 0] * cnt[:, 1]
+                                   + half[:2]), nxy - 1)
+    cnt = (hi - lo + 1).clamp(min=0)
+    total = (cnt[:, 0] * cnt[:, 1]).to(torch.int64)
     n_total = int(total.sum())
     if n_total == 0:
         return None
+    # Per primitive: u(ix, iy, z_mm) = base + gx * ix + gy * iy + w * z_mm (local coords).
+    inv = prims.inv
+    w = inv[:, :, 2]
+    gx = inv[:, :, 0] * vsp[:, :1]
+    gy = inv[:, :, 1] * vsp[:, 1:2]
+    base = -(inv @ prims.center.unsqueeze(-1)).squeeze(-1) - gx * half[0] - gy * half[1]
+    base = base + gx * lo[:, :1] + gy * lo[:, 1:2]  # relative to the bounding-box corner
     sid = torch.repeat_interleave(torch.arange(len(prims), device=dev), total,
                                   output_size=n_total)
-    j = torch.arange(n_total, device=dev) - (torch.cumsum(total, 0) - total)[sid]
+    j = (torch.arange(n_total, device=dev) - (torch.cumsum(total, 0) - total)[sid]).float()
     cy = cnt[sid, 1]
-    ix = j // cy + lo[sid, 0].to(torch.int64)
-    iy = j % cy + lo[sid, 1].to(torch.int64)
-    v = vsp[sid]
-    c = prims.center[sid]
-    dx = (ix.to(torch.float32) - half[0]) * v[:, 0] - c[:, 0]
-    dy = (iy.to(torch.float32) - half[1]) * v[:, 1] - c[:, 1]
-    inv = prims.inv[sid]
-    a = inv[:, :, 0] * dx[:, None] + inv[:, :, 1] * dy[:, None] - inv[:, :, 2] * c[:, 2:3]
-    w = inv[:, :, 2]
+    jx = torch.floor(j / cy)  # exact for j < 2**24 (chunks are smaller)
+    jy = j - jx * cy
+    a = base[sid] + gx[sid] * jx[:, None] + gy[sid] * jy[:, None]
+    ww = w[sid]
+    ix = jx.to(torch.int64) + lo[sid, 0].to(torch.int64)
+    iy = jy.to(torch.int64) + lo[sid, 1].to(torch.int64)
     col = (prims.sample[sid] * X + ix) * Y + iy
-    hz = (Z - 1) / 2
+    vz = vsp[sid, 2]
     runs = []
-    for lo_t, hi_t in _intervals(code, a, w, prims.param[sid]):
-        z0 = torch.ceil(lo_t.clamp(-1e7, 1e7) / v[:, 2] + hz).clamp(min=0)
-        z1 = torch.floor(hi_t.clamp(-1e7, 1e7) / v[:, 2] + hz).clamp(max=Z - 1)
+    for lo_t, hi_t in _intervals(code, a, ww, prims.param[sid]):
+        z0 = torch.ceil(lo_t.clamp(-1e7, 1e7) / vz + half[2]).clamp(min=0)
+        z1 = torch.floor(hi_t.clamp(-1e7, 1e7) / vz + half[2]).clamp(max=Z - 1)
         keep = torch.nonzero((z1 >= z0) & (lo_t <= hi_t)).flatten()
         runs.append((col[keep], z0[keep].to(torch.int64), z1[keep].to(torch.int64), sid[keep]))
     return runs
@@ -257,7 +262,7 @@ def rasterize(prims: Primitives, batch: int, shape: Sequence[int], voxel_size, *
     vs = torch.as_tensor(voxel_size, dtype=torch.float32, device=dev).reshape(-1, 3)
     vs = vs.expand(batch, 3)
     ncol = batch * X * Y
-    acc = torch.zeros(ncol * (Z + 1), dtype=torch.float64, device=dev) if mode == "add" else None
+    acc = torch.zeros(ncol * (Z + 1), device=dev) if mode == "add" else None
     cnt = torch.zeros(ncol * (Z + 1), dtype=torch.int32, device=dev) if return_count else None
     need_top = mode == "replace" or return_ids
     top = torch.full((ncol * Z,), -1, dtype=torch.int64, device=dev) if need_top else None
@@ -266,7 +271,7 @@ def rasterize(prims: Primitives, batch: int, shape: Sequence[int], voxel_size, *
         sid = part[sid]
         start, stop = col * (Z + 1) + z0, col * (Z + 1) + z1 + 1
         if acc is not None:
-            val = prims.value[sid].to(torch.float64)
+            val = prims.value[sid]
             acc.index_add_(0, start, val)
             acc.index_add_(0, stop, -val)
         if cnt is not None:
@@ -277,7 +282,7 @@ def rasterize(prims: Primitives, batch: int, shape: Sequence[int], voxel_size, *
             flat, fsid = _expand_runs(col, z0, z1, sid, Z)
             top.scatter_reduce_(0, flat, fsid, reduce="amax")
     if acc is not None:
-        out = torch.cumsum(acc.view(ncol, Z + 1), dim=1)[:, :Z].to(torch.float32)
+        out = torch.cumsum(acc.view(ncol, Z + 1), dim=1)[:, :Z]
     else:
         out = torch.zeros(ncol, Z, device=dev)
     if mode == "replace" and len(prims):
@@ -333,6 +338,8 @@ class ShapeSpec:
         rotate: random orientation (uniform over rotations) if True, axis-aligned otherwise.
         inner_fraction: (low, high) inner / outer radius of tubes.
         region: centres are drawn uniformly in the central ``region`` fraction of the FOV.
+        count_per_mm3: if set, ``count`` is the number per this field-of-view volume (mm^3)
+            and is scaled with each volume's field of view (constant shape density).
     """
 
     kind: str = "ellipsoid"
@@ -344,6 +351,7 @@ class ShapeSpec:
     rotate: bool = True
     inner_fraction: Sequence[float] = (0.5, 0.85)
     region: float = 1.0
+    count_per_mm3: float | None = None
     extra: dict = field(default_factory=dict)
 
     @staticmethod
@@ -361,15 +369,19 @@ DEEPQSM_SHAPES = [
 ]
 """DeepQSM-style recipe: 50 boxes and 50 spheres per volume with N(0, 0.1 ppm) values."""
 
+_REF_FOV_MM3 = 64.0 ** 3
 DEFAULT_SHAPES = [
-    ShapeSpec(kind="ellipsoid", count=(10, 40), size_mm=(1.0, 16.0), value=(0.0, 0.1)),
-    ShapeSpec(kind="box", count=(10, 40), size_mm=(1.0, 14.0), value=(0.0, 0.1)),
+    ShapeSpec(kind="ellipsoid", count=(10, 40), size_mm=(1.0, 16.0), value=(0.0, 0.1),
+              count_per_mm3=_REF_FOV_MM3),
+    ShapeSpec(kind="box", count=(10, 40), size_mm=(1.0, 14.0), value=(0.0, 0.1),
+              count_per_mm3=_REF_FOV_MM3),
     ShapeSpec(kind="cylinder", count=(2, 10), size_mm=(0.6, 4.0), length_mm=(5.0, 40.0),
-              distribution="uniform", value=(-0.2, 0.5)),
+              distribution="uniform", value=(-0.2, 0.5), count_per_mm3=_REF_FOV_MM3),
     ShapeSpec(kind="tube", count=(0, 4), size_mm=(2.0, 8.0), length_mm=(5.0, 30.0),
-              distribution="uniform", value=(-0.2, 0.4)),
+              distribution="uniform", value=(-0.2, 0.4), count_per_mm3=_REF_FOV_MM3),
 ]
-"""A broader default mixture: ellipsoids, boxes, thin vessel-like cylinders and tubes."""
+"""A broader default mixture: ellipsoids, boxes, thin vessel-like cylinders and tubes, with
+counts given per (64 mm)^3 of field of view (so the density is the same at any FOV)."""
 
 
 def _draw_values(spec: ShapeSpec, generator, n: int, device) -> torch.Tensor:
@@ -404,6 +416,9 @@ def sample_primitives(specs: Sequence, batch: int, shape: Sequence[int], voxel_s
         cnt = spec.count
         counts = (torch.full((batch,), int(cnt), dtype=torch.int64) if isinstance(cnt, int)
                   else randint(generator, int(cnt[0]), int(cnt[1]), batch).cpu())
+        if spec.count_per_mm3:
+            factor = fov.prod(dim=1) / float(spec.count_per_mm3)
+            counts = torch.round(counts * factor).to(torch.int64).clamp(max=100_000)
         n = int(counts.sum())
         if n == 0:
             continue
@@ -471,7 +486,7 @@ def chi_device(prims: Primitives, device) -> torch.device:
 
 def _textures(chi, vs, generator, smooth_amp, fine_amp, corr_rng) -> torch.Tensor:
     batch, shape = chi.shape[0], chi.shape[1:]
-    support = (chi != 0).to(chi.dtype)
+    support = (chi.abs() > 1e-6).to(chi.dtype)  # inside shapes (add-mode residues ~1e-8)
     amps = rand(generator, batch, 2, device=chi.device) * torch.tensor(
         [smooth_amp, fine_amp], device=chi.device)
     tex = torch.zeros_like(chi)

@@ -128,21 +128,31 @@ def multi_echo_signal(field_ppm: torch.Tensor, te: torch.Tensor, b0_tesla: float
         voxel_size: mm, for the coil sensitivity geometry.
 
     Returns:
-        :class:`GreSignal`; phase_n = wrap(phi0 + 2 pi gamma B0 f TE_n 1e-6) exactly when
-        ``snr`` is None.
+        :class:`GreSignal` with phase in [-pi, pi]; phase_n = wrap(phi0 + 2 pi gamma B0 f TE_n
+        1e-6) exactly when ``snr`` is None.
     """
     dev = field_ppm.device
     shape = tuple(field_ppm.shape)
     if phi0 is None:
         phi0 = torch.zeros(shape, device=dev)
-    clean = noiseless_signal(field_ppm, te, b0_tesla, m0, r2star, phi0)
+    te = te.to(device=dev, dtype=torch.float32)
+    tev = te.view(-1, 1, 1, 1)
+    mag = m0 * torch.exp(-r2star * tev)
+    phase = phi0 + ppm_to_phase(field_ppm, tev, b0_tesla)
     ref = m0[signal_mask.bool()] if signal_mask is not None else m0[m0 > 0]
     level = float(ref.mean()) if ref.numel() else 1.0
     std = 0.0 if snr is None or not math.isfinite(float(snr)) else level / float(snr)
-    single = clean + complex_noise(generator, clean.shape, std, dev)
-    out = GreSignal(magnitude=single.abs(), phase=torch.angle(single), te=te.clone(),
-                    b0_tesla=float(b0_tesla), phi0=phi0, noise_std=std)
+    if std > 0:
+        noise = randn(generator, 2, *mag.shape, device=dev) * std
+        re = torch.addcmul(noise[0], mag, torch.cos(phase))
+        im = torch.addcmul(noise[1], mag, torch.sin(phase))
+        out_mag, out_phase = torch.hypot(re, im), torch.atan2(im, re)
+    else:
+        out_mag, out_phase = mag, wrap_phase(phase)
+    out = GreSignal(magnitude=out_mag, phase=out_phase, te=te.clone(), b0_tesla=float(b0_tesla),
+                    phi0=phi0, noise_std=std)
     if n_coils > 0:
+        clean = torch.polar(mag, phase)
         sens = coil_sensitivities(n_coils, shape, voxel_size, generator, device=dev)
         coils = sens.unsqueeze(1) * clean.unsqueeze(0)
         coils = coils + complex_noise(generator, coils.shape, std, dev)

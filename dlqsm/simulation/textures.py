@@ -98,11 +98,23 @@ def polynomial_basis(shape: Sequence[int], voxel_size, order: int = 2, *, scale_
 def random_polynomial_field(shape: Sequence[int], voxel_size, amplitude: float, generator, *,
                             order: int = 2, scale_mm=None, center_mm=(0.0, 0.0, 0.0),
                             include_constant: bool = True, device=None) -> torch.Tensor:
-    """Sum of the polynomial terms with coefficients uniform in +-``amplitude``, (X, Y, Z)."""
-    basis = polynomial_basis(shape, voxel_size, order, scale_mm=scale_mm, center_mm=center_mm,
-                             device=device)
-    coef = (2 * torch.rand(basis.shape[0], generator=generator,
-                           device=generator.device) - 1).to(basis.device) * amplitude
+    """Sum of the :func:`polynomial_basis` terms with coefficients uniform in +-``amplitude``,
+    (X, Y, Z) (accumulated term by term, without storing the basis)."""
+    n_terms = {0: 1, 1: 4, 2: 9}[order]
+    coef = ((2 * torch.rand(n_terms, generator=generator, device=generator.device) - 1)
+            * amplitude).tolist()
     if not include_constant:
-        coef[0] = 0
-    return torch.einsum("k,kxyz->xyz", coef, basis)
+        coef[0] = 0.0
+    x, y, z = grid_coords(shape, voxel_size, device=device)
+    if scale_mm is None:
+        scale_mm = max(n * float(h) / 2 for n, h in zip(shape, voxel_size, strict=True))
+    sx, sy, sz = (float(s) for s in torch.as_tensor(scale_mm).expand(3))
+    x, y, z = ((x - center_mm[0]) / sx, (y - center_mm[1]) / sy, (z - center_mm[2]) / sz)
+    out = torch.full(tuple(int(s) for s in shape), coef[0], device=device)
+    if order >= 1:
+        out = out + (coef[1] * x + coef[2] * y) + coef[3] * z
+    if order >= 2:
+        xx, yy, zz = x * x, y * y, z * z
+        out = (out + (coef[4] * x) * y + (coef[5] * x) * z + (coef[6] * y) * z
+               + (coef[7] * xx - coef[7] * yy) + (2 * coef[8] * zz - coef[8] * xx - coef[8] * yy))
+    return out

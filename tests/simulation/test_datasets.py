@@ -135,3 +135,28 @@ def test_source_mixture_and_errors():
         SimulatedQSMDataset(2, SHAPE, colour="red")
     dq = SimulatedQSMDataset(1, SHAPE, shapes="deepqsm", smooth_texture=0, fine_texture=0)[0]
     assert dq["chi"].std() > 0.01
+
+
+def test_hybrid_adds_shapes_inside_the_brain_only():
+    kw = dict(shape=(32, 32, 32), seed=6, voxel_size=(2.0, 2.0, 2.0), signal=True, snr=None)
+    head = SimulatedQSMDataset(1, source="head", **kw)[0]
+    hyb = SimulatedQSMDataset(1, source="hybrid", **kw)[0]
+    m = head["mask"][0] > 0
+    assert torch.equal(head["mask"], hyb["mask"]) and torch.equal(head["labels"], hyb["labels"])
+    diff = (hyb["chi"] - head["chi"])[0]
+    assert (diff[~m] == 0).all() and diff[m].abs().max() > 0.02
+    # outside the brain the sources (skull, air) are unchanged: the total fields differ only
+    # by the field of the added shapes, which decays away from the brain
+    assert (hyb["total_field"] - head["total_field"]).abs().max() < 1.0
+
+
+@pytest.mark.gpu
+def test_generate_batch_on_cuda():
+    ds = SimulatedQSMDataset(4, SHAPE, seed=0, source={"shapes": 1, "hybrid": 1}, signal=True,
+                             voxel_size=(0.8, 1.5), shape_mask=0.5, noise_std=0.0)
+    b = ds.generate_batch(4, "cuda", make_generator(0, "cuda"))
+    assert all(v.device.type == "cuda" for v in b.values())
+    for i in range(4):
+        check_physics({k: v[i].cpu() for k, v in b.items()})
+    cpu_gen = ds.generate_batch(2, "cuda", make_generator(1))
+    assert cpu_gen["chi"].is_cuda
