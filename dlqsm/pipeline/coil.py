@@ -13,7 +13,12 @@ estimated and removed first (the MCPC-3D-S / ASPIRE family, Eckstein et al. 2017
   (:func:`dlqsm.pipeline.unwrap.unwrap_region_growing`).
 * The offsets are smoothed (magnitude-weighted complex Gaussian, sigma in mm) to reduce noise,
   removed from every echo, and the coils summed with magnitude weights:
-  ``phase_n = angle(sum_c M_cn S_cn exp(-i theta_c))``.
+  ``phase_n = angle(sum_c M_cn S_cn exp(-i theta_c))``. The smoothing trades noise for a small
+  bias where the coil phase curves and the coil magnitude changes within the kernel (of order
+  sigma^2 |grad log M| |grad theta|: ~0.005 rad at 2 mm for head-sized coil profiles).
+
+Memory: coils are processed one at a time, so beyond the input only a few (E, X, Y, Z)
+volumes are held.
 
 The magnitude is the root sum of squares over coils. The combined phase has (nearly) no offset
 left, so the echo fit may be run with ``fit_offset=False`` on it.
@@ -29,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from dlqsm.errors import InputError
-from dlqsm.pipeline.masking import gaussian_smooth
+from dlqsm.pipeline.masking import gaussian_smooth, otsu_threshold
 from dlqsm.pipeline.unwrap import unwrap_region_growing
 
 __all__ = ["CoilCombination", "coil_phase_offsets", "combine_coils", "sos_magnitude"]
@@ -70,7 +75,11 @@ def _as_complex(data, magnitude, phase) -> torch.Tensor:
 
 def sos_magnitude(data: torch.Tensor) -> torch.Tensor:
     """Root sum of squares over coils: complex (C, E, X, Y, Z) -> (E, X, Y, Z)."""
-    return torch.sqrt((data.real ** 2 + data.imag ** 2).sum(0))
+    out = torch.zeros(data.shape[1:], dtype=data.real.dtype, device=data.device)
+    for c in range(data.shape[0]):
+        mag = data[c].abs()
+        out.addcmul_(mag, mag)
+    return out.sqrt_()
 
 
 def _choose_method(method: str, te: torch.Tensor) -> str:
@@ -98,7 +107,8 @@ def coil_phase_offsets(data: torch.Tensor, te, *, method: str = "auto",
     """Phase offset of every coil (rad), (C, X, Y, Z), from complex data (C, E, X, Y, Z).
 
     ``method``: "aspire" (TE1 / (TE2 - TE1) an integer), "mcpc3ds" (any TEs; unwraps the
-    Hermitian-product phase inside ``mask``, the whole volume by default) or "auto".
+    Hermitian-product phase inside ``mask``, by default where its magnitude exceeds half its
+    Otsu threshold; outside, the offsets come from the wrapped phase) or "auto".
     ``smoothing_mm``: sigma of the magnitude-weighted complex Gaussian applied to each offset
     (0: none).
     """
@@ -106,18 +116,23 @@ def coil_phase_offsets(data: torch.Tensor, te, *, method: str = "auto",
     method = _choose_method(method, te)
     if method == "none":
         return torch.zeros(data.shape[:1] + data.shape[2:], device=data.device)
-    s1, s2 = data[:, 0], data[:, 1]
-    h = (s2 * s1.conj()).sum(0)
+    h = sum(data[c, 1] * data[c, 0].conj() for c in range(data.shape[0]))
     r = float(te[0] / (te[1] - te[0]))
     if method == "aspire":
         ref = torch.polar(torch.ones_like(h.real), -round(r) * torch.angle(h))
     else:
-        dphi = unwrap_region_growing(torch.angle(h), h.abs(), mask)
+        hmag = h.abs()
+        if mask is None:  # signal region: skip unwrapping the noise of the air
+            mask = hmag > 0.5 * otsu_threshold(hmag)
+        dphi = unwrap_region_growing(torch.angle(h), hmag, mask)
         ref = torch.polar(torch.ones_like(dphi), -r * dphi)
-    z = s1 * ref  # |S_c1| exp(i theta_c)
-    if smoothing_mm > 0:
-        z = gaussian_smooth(z, smoothing_mm, voxel_size)
-    return torch.angle(z)
+    offsets = torch.empty(data.shape[:1] + data.shape[2:], device=data.device)
+    for c in range(data.shape[0]):  # one coil at a time: memory of one volume, not C
+        z = data[c, 0] * ref  # |S_c1| exp(i theta_c)
+        if smoothing_mm > 0:
+            z = gaussian_smooth(z, smoothing_mm, voxel_size)
+        offsets[c] = torch.angle(z)
+    return offsets
 
 
 def combine_coils(data: torch.Tensor | None = None, te=None, *,
@@ -133,7 +148,8 @@ def combine_coils(data: torch.Tensor | None = None, te=None, *,
             "aspire", "mcpc3ds", or "none" (no offset correction: only for coils that share
             a phase, e.g. already-combined data with C = 1).
         voxel_size: (3,) mm, for ``smoothing_mm`` (sigma of the offset smoothing, 0: none).
-        mask: optional bool (X, Y, Z) region for the MCPC-3D-S unwrapping.
+        mask: optional bool (X, Y, Z) region for the MCPC-3D-S unwrapping (default: where
+            the Hermitian product's magnitude exceeds half its Otsu threshold).
 
     Returns:
         :class:`CoilCombination` with (E, X, Y, Z) magnitude and phase, (C, X, Y, Z) offsets.
@@ -150,6 +166,10 @@ def combine_coils(data: torch.Tensor | None = None, te=None, *,
     chosen = _choose_method(method, te_t) if te is not None else "none"
     offsets = coil_phase_offsets(data, te_t, method=chosen, voxel_size=voxel_size,
                                  smoothing_mm=smoothing_mm, mask=mask)
-    corrected = data * torch.polar(torch.ones_like(offsets), -offsets)[:, None]
-    combined = (data.abs() * corrected).sum(0)
-    return CoilCombination(sos_magnitude(data), torch.angle(combined), offsets, chosen)
+    combined = torch.zeros(data.shape[1:], dtype=data.dtype, device=data.device)
+    sos = torch.zeros(data.shape[1:], dtype=offsets.dtype, device=data.device)
+    for c in range(data.shape[0]):  # sum_c |S_c| S_c exp(-i theta_c), one coil at a time
+        mag = data[c].abs()
+        sos.addcmul_(mag, mag)
+        combined += data[c] * torch.polar(torch.ones_like(offsets[c]), -offsets[c]) * mag
+    return CoilCombination(sos.sqrt_(), torch.angle(combined), offsets, chosen)

@@ -85,10 +85,9 @@ def _check(phase, te, magnitude, mask):
     return phase, te, magnitude
 
 
-def _pooled_sigma(chi, dof: int, mask) -> float:
-    """Noise std from per-voxel weighted residual sums ``chi`` (chi-square with ``dof``)."""
-    vals = chi[mask] if mask is not None else chi.flatten()
-    med = float(vals[:: max(1, vals.numel() // 1_000_000)].median())
+def _pooled_sigma(chi, dof: int) -> float:
+    """Noise std from per-voxel weighted residual sums ``chi`` (N,), chi-square with ``dof``."""
+    med = float(chi[:: max(1, chi.numel() // 1_000_000)].median())
     return math.sqrt(max(med, 0.0) / chi2.ppf(0.5, dof))
 
 
@@ -124,27 +123,32 @@ def fit_echoes(phase: torch.Tensor, te, b0: float, magnitude: torch.Tensor | Non
     phase, te, magnitude = _check(phase, te, magnitude, mask)
     E = phase.shape[0]
     fit_offset = fit_offset and E >= 2
+    sel = mask.bool() if mask is not None else torch.ones(phase.shape[1:], dtype=torch.bool,
+                                                           device=phase.device)
+    y = phase[:, sel].float()  # (E, N): only the voxels that matter
+    w = magnitude[:, sel].float() ** 2 if magnitude is not None else torch.ones_like(y)
     t = (te / te.max()).to(device=phase.device, dtype=torch.float32)  # O(1) for float32
-    y = phase.float()
-    w = magnitude.float() ** 2 if magnitude is not None else torch.ones_like(y)
+    tt = t.view(-1, 1)
     phi0, slope, var = _weighted_line(y, w, t, fit_offset)
     if nonlinear:
         phi0, slope = _gauss_newton(y, w, t, phi0, slope, fit_offset, iterations, tol)
-        r = _wrap(y - phi0 - slope * t.view(-1, 1, 1, 1))
+        r = _wrap(y - phi0 - slope * tt)
     else:
-        r = y - phi0 - slope * t.view(-1, 1, 1, 1)
+        r = y - phi0 - slope * tt
     chi = (w * r * r).sum(0)
     residual = torch.sqrt(chi / w.sum(0).clamp_min(1e-30))
     dof = E - (2 if fit_offset else 1)
     sigma = noise_std if noise_std is not None else (
-        _pooled_sigma(chi, dof, mask) if dof > 0 else float("nan"))
+        _pooled_sigma(chi, dof) if dof > 0 else float("nan"))
     scale = 1.0 if math.isnan(sigma) else sigma
     tmax = float(te.max())
     field = hz_to_ppm(slope / (TWO_PI * tmax), b0)
     noise = hz_to_ppm(scale * torch.sqrt(var) / (TWO_PI * tmax), b0)
-    maps = [field, phi0, noise, residual]
-    if mask is not None:
-        maps = [m * mask for m in maps]
+    maps = []
+    for v in (field, phi0, noise, residual):
+        out = torch.zeros(phase.shape[1:], dtype=torch.float32, device=phase.device)
+        out[sel] = v
+        maps.append(out)
     return EchoFit(*maps, noise_std=float(sigma))
 
 
@@ -153,13 +157,20 @@ def _wrap(x):
 
 
 def _gauss_newton(y, w, t, phi0, slope, fit_offset, iterations, tol):
-    """Gauss-Newton on sum_n w_n |exp(i y_n) - exp(i (phi0 + slope t_n))|^2."""
-    tt = t.view(-1, 1, 1, 1)
+    """Gauss-Newton on sum_n w_n |exp(i y_n) - exp(i (phi0 + slope t_n))|^2 for y, w (E, N).
+
+    Each step is the weighted line fit of sin(y - model); voxels whose update falls below
+    ``tol`` (rad) stop iterating."""
+    phi0, slope = phi0.clone(), slope.clone()
+    tt = t.view(-1, 1)
+    idx = torch.arange(y.shape[1], device=y.device)
     for _ in range(iterations):
-        delta = torch.sin(y - phi0 - slope * tt)
-        d0, d1, _ = _weighted_line(delta, w, t, fit_offset)
-        phi0, slope = phi0 + d0, slope + d1
-        if float((d0.abs() + d1.abs()).max()) < tol:
+        delta = torch.sin(y[:, idx] - phi0[idx] - slope[idx] * tt)
+        d0, d1, _ = _weighted_line(delta, w[:, idx], t, fit_offset)
+        phi0[idx] += d0
+        slope[idx] += d1
+        idx = idx[(d0.abs() + d1.abs()) >= tol]
+        if idx.numel() == 0:
             break
     return phi0, slope
 
