@@ -170,12 +170,19 @@ class Simulator:
         scale = torch.tensor([uniform_scalar(generator, cfg.chi_scale) for _ in range(batch)],
                              device=dev).view(batch, 1, 1, 1)
         m = mask.to(chi_all.dtype)
-        chi_all = chi_all * (1 + (scale - 1) * m)
-        chi = reference_chi(chi_all, mask)
+        full = bool(mask.all())  # whole-volume masks: skip the masking arithmetic
+        if not torch.all(scale == 1):
+            chi_all = chi_all * (scale if full else 1 + (scale - 1) * m)
         kernel = dipole_kernels(cfg.shape, vs, b0, padding=cfg.padding, device=dev)
-        field = local_field(chi.unsqueeze(1), m.unsqueeze(1), vs, b0, padding=cfg.padding,
-                            kernel=kernel)
-        field = field + self._field_noise(generator, batch, dev) * m.unsqueeze(1)
+        if full:
+            chi = chi_all - chi_all.mean(dim=(-3, -2, -1), keepdim=True)
+            field = forward_field(chi.unsqueeze(1), vs, b0, padding=cfg.padding, kernel=kernel)
+            field = field + self._field_noise(generator, batch, dev)
+        else:
+            chi = reference_chi(chi_all, mask)
+            field = local_field(chi.unsqueeze(1), m.unsqueeze(1), vs, b0, padding=cfg.padding,
+                                kernel=kernel)
+            field = field + self._field_noise(generator, batch, dev) * m.unsqueeze(1)
         out = {"chi": chi.unsqueeze(1), "field": field, "mask": m.unsqueeze(1),
                "b0_dir": b0.to(dev), "voxel_size": vs.to(dev), "labels": labels.unsqueeze(1)}
         if cfg.signal:

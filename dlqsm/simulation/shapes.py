@@ -474,13 +474,13 @@ def random_shapes(batch: int, shape: Sequence[int], voxel_size, generator, *, sp
     vs = torch.as_tensor(voxel_size, dtype=torch.float32).reshape(-1, 3).expand(batch, 3)
     prims = sample_primitives(DEFAULT_SHAPES if specs is None else specs, batch, shape, vs,
                               generator, device=device)
-    chi = rasterize(prims, batch, shape, vs.to(chi_device(prims, device)), mode=mode)
+    chi = rasterize(prims, batch, shape, vs.to(_chi_device(prims, device)), mode=mode)
     if smooth_texture > 0 or fine_texture > 0:
         chi = chi + _textures(chi, vs, generator, smooth_texture, fine_texture, texture_corr_mm)
     return chi
 
 
-def chi_device(prims: Primitives, device) -> torch.device:
+def _chi_device(prims: Primitives, device) -> torch.device:
     return prims.center.device if device is None else torch.device(device)
 
 
