@@ -311,12 +311,26 @@ def available_memory_bytes(device: torch.device) -> int:
 def bytes_per_voxel(net: nn.Module, spec: ModelSpec, device, *, probe: int | None = None) -> float:
     """Estimated peak memory of one forward pass, per input voxel (bytes).
 
-    Runs the network once on a small probe cube with forward hooks and sums the sizes of every
-    tensor the leaf modules return. Without autograd most of these are freed early, so the sum
-    is a conservative (high) estimate.
+    The network runs once on a small probe cube (``probe`` voxels a side, rounded up to the
+    size divisor). On CUDA the peak allocated memory of that pass is measured (plus 25 %). On
+    the CPU, forward hooks sum the sizes of every tensor the leaf modules return; without
+    autograd most are freed early, so the sum is a conservative (high) estimate.
     """
-    side = probe or max(32, 2 * spec.size_divisor)
+    device = torch.device(device)
+    side = probe or max(64 if device.type == "cuda" else 32, 2 * spec.size_divisor)
     side = int(math.ceil(side / spec.size_divisor) * spec.size_divisor)
+    x = torch.zeros(1, 1, side, side, side, device=device)
+    args = (x, torch.ones_like(x), torch.tensor([[0.0, 0.0, 1.0]], device=device),
+            torch.tensor([list(spec.voxel_size)], device=device))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        with torch.no_grad():
+            call_network(net, *args)
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+        return 1.25 * max(peak, 1) / side ** 3 + 16.0
     total = [0]
 
     def hook(_mod, _inp, out):
@@ -327,10 +341,8 @@ def bytes_per_voxel(net: nn.Module, spec: ModelSpec, device, *, probe: int | Non
     leaves = [m for m in net.modules() if not list(m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
-        x = torch.zeros(1, 1, side, side, side, device=device)
         with torch.no_grad():
-            call_network(net, x, torch.ones_like(x), torch.tensor([[0.0, 0.0, 1.0]], device=device),
-                         torch.tensor([list(spec.voxel_size)], device=device))
+            call_network(net, *args)
     finally:
         for h in handles:
             h.remove()
@@ -423,15 +435,17 @@ class Prediction:
     info: dict = field(default_factory=dict)
 
 
-def _masked_resample(resample, x: torch.Tensor, mask: torch.Tensor):
+def _masked_resample(resample, x: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5):
     """Resample ``x`` inside ``mask`` without pulling zeros in at the mask edge.
 
     Normalised interpolation: resample(x * mask) / resample(mask), kept where the resampled
-    mask exceeds 0.5. Returns (x, mask) on the new grid, both (B, 1, ...), zero outside.
+    mask exceeds ``threshold`` (0.5 defines the mask on the network's grid; a small threshold
+    on the way back fills every scan voxel that has any network-grid neighbour in the mask).
+    Returns (x, mask) on the new grid, both (B, 1, ...), zero outside.
     """
     both = resample(torch.cat([x * mask, mask], dim=1))
     w = both[:, 1:]
-    new_mask = (w > 0.5).float()
+    new_mask = (w > threshold).float()
     return both[:, :1] / w.clamp(min=1e-6) * new_mask, new_mask
 
 
@@ -547,7 +561,8 @@ class Predictor:
             t2 = time.perf_counter()
             chi_m, mode = self._network(fm, mm, plan)
             t3 = time.perf_counter()
-            chi, _ = _masked_resample(plan.resampler.to_scan, chi_m, mm)
+            chi, covered = _masked_resample(plan.resampler.to_scan, chi_m, mm, threshold=1e-3)
+            uncovered = int((m * (1 - covered)).sum())
             chi = chi * m
             chi = (chi - chi[m > 0].mean()) * m
         t4 = time.perf_counter()
@@ -555,6 +570,7 @@ class Predictor:
                 "device": str(self.device), "amp": self.amp, **mode, **plan.describe(),
                 "voxel_size_mm": [float(v) for v in vox], "b0_dir": [float(v) for v in b0],
                 "reference": "mean inside the mask subtracted; zero outside the mask",
+                "uncovered_mask_voxels": uncovered,
                 "units": "ppm",
                 "timings_s": {"prepare": t1 - t0, "resample": (t2 - t1) + (t4 - t3),
                               "network": t3 - t2, "total": t4 - t0}}

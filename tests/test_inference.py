@@ -343,3 +343,46 @@ def test_spec_reads_training_geometry_ranges():
                                                            "voxel_size_max": [1, 1, 1]}})
     np.testing.assert_allclose(fixed.target_voxel_size((0.5, 0.5, 2)), (1, 1, 1))
     assert ModelSpec.from_metadata({"input_normalization": {"uses_geometry": True}}).b0_aware
+
+
+@pytest.mark.gpu
+def test_cuda_amp_and_memory_estimate(tmp_path):
+    save_tiny_checkpoint(tmp_path / "tiny.ckpt")
+    chi, mask = smooth_phantom((40, 36, 32), (1, 1, 1), radius=12)
+    full = Predictor(tmp_path / "tiny.ckpt", device="cuda", tile=False)
+    half = Predictor(tmp_path / "tiny.ckpt", device="cuda", tile=False, amp=True)
+    a = full.predict(chi, mask, voxel_size=1, b0_dir=Z)
+    b = half.predict(chi, mask, voxel_size=1, b0_dir=Z)
+    assert half.amp and b.dtype == np.float32
+    assert np.abs(a - b).max() < 0.05 * np.abs(a).max() + 1e-6
+    est = full.memory_estimate((40, 36, 32))
+    assert 0 < est["whole_volume_bytes"] < est["budget_bytes"]
+
+
+def test_exported_model_serves_as_the_default(tmp_path, monkeypatch):
+    import dlqsm.inference as inference
+    from dlqsm.models.build import export_model
+
+    save_tiny_checkpoint(tmp_path / "tiny.ckpt")
+    export_model(tmp_path / "tiny.ckpt", tmp_path / "default_model")
+    monkeypatch.setattr(inference, "DEFAULT_MODEL_DIR", tmp_path / "default_model")
+    chi, mask = smooth_phantom((24, 20, 22), (1, 1, 1), radius=8)
+    a = Predictor(device="cpu").predict(chi, mask, voxel_size=1, b0_dir=Z)
+    b = Predictor(tmp_path / "tiny.ckpt", device="cpu").predict(chi, mask, voxel_size=1,
+                                                                 b0_dir=Z)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert Predictor(device="cpu").checkpoint.startswith(str(tmp_path / "default_model"))
+
+
+def test_resampling_keeps_the_whole_mask_covered():
+    """QSM is scored over the whole mask: no rim voxel may be lost by the resampling."""
+
+    class Ones(nn.Module):
+        def forward(self, field, mask=None):
+            return torch.ones_like(field) * mask
+
+    chi, mask = smooth_phantom((40, 40, 30), (1, 1, 1.5), radius=14)
+    out = Predictor.from_module(Ones(), {}, tile=False).run(chi, mask, voxel_size=(1, 1, 1.5),
+                                                             b0_dir=oblique(35))
+    assert out.info["resampled"] and out.info["uncovered_mask_voxels"] == 0
+    np.testing.assert_allclose(out.chi[mask > 0], 0, atol=1e-5)  # 1 everywhere, minus its mean

@@ -186,9 +186,9 @@ def build_record(scan, fmap, pred, predictor, args, names, total_s) -> dict:
         "inference": {k: v for k, v in pred.info.items() if k != "timings_s"},
         "field_mapping": {"parameters": fmap.parameters, "stage_info": fmap.info},
         "mask": {"voxels": int(fmap.mask.sum())},
-        "timings_s": {**fmap.timings, **{f"network_{k}": v
-                                          for k, v in pred.info["timings_s"].items()},
-                      "total": total_s},
+        "timings_s": {**fmap.timings, "resample": pred.info["timings_s"]["resample"],
+                      "network": pred.info["timings_s"]["network"],
+                      "inference": pred.info["timings_s"]["total"], "total": total_s},
         "software": software_versions(),
         "notices": fmap.notices,
         "outputs": names,

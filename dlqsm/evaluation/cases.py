@@ -3,8 +3,11 @@
 Every case is a local field (ppm) with its mask, a reference susceptibility map (ppm) on the same
 grid and its geometry; optionally an integer ROI label map for per-ROI errors and ROI linearity.
 
-Simulated heads (:func:`simulated_heads`) use seeds from :data:`EVAL_SEED_BASE` (10**6) upwards.
-Training data must use seeds below it, so evaluation heads are never seen in training.
+Simulated heads (:func:`simulated_heads`): head ``i`` is ``head_phantom(seed=seed + i)`` with
+``seed >= EVAL_SEED_BASE`` (10**6). Training datasets (:mod:`dlqsm.simulation.datasets`) draw
+sample ``i`` from a 63-bit seed hashed from (dataset seed, i), so a training sample equals an
+evaluation head only by a 2**-63 coincidence; seeds below 10**6 are refused here so that the
+small seeds of examples and ad-hoc phantoms (0, 1, 42, ...) never become test heads.
 
 Folders (:func:`folder_cases`) follow a *layout*: which file holds what. A folder may hold one
 case or one case per subfolder. The layout comes from (first found) the ``layout`` argument (a
@@ -46,7 +49,7 @@ from dlqsm.physics.geometry import (
 )
 
 EVAL_SEED_BASE = 1_000_000
-"""Simulated evaluation heads use seeds >= this; training must stay below it."""
+"""Simulated evaluation heads use phantom seeds >= this (see the module docstring)."""
 
 LAYOUTS: dict[str, dict] = {
     "dlqsm": {"local_field": ["localfield.nii.gz", "localfield.nii"],
@@ -117,12 +120,12 @@ def simulated_heads(count: int, shape=(164, 205, 205), voxel_size=(1.0, 1.0, 1.0
                     noise_std: float = 0.0, device="cpu", **phantom_kwargs) -> list[EvalCase]:
     """Held-out head phantoms with their local fields (the dipole-inversion track).
 
-    Case ``i`` uses seed ``seed + i``. The local field is the dipole field (ppm) of the
-    susceptibility inside the brain mask (sources outside the brain are taken as perfectly
-    removed), computed with zero padding of a quarter of the matrix on each side, restricted to
-    the mask, plus optional Gaussian noise of ``noise_std`` ppm. The reference is the phantom's
-    susceptibility (ppm relative to CSF) inside the mask; metrics reference both maps to their
-    mask means.
+    Case ``i`` is :func:`dlqsm.simulation.head.simulate_head_case` with seed ``seed + i``
+    (no signal). The local field is ``mask * D(mask * chi)`` (ppm): the field of the
+    susceptibility inside the brain mask (sources outside the brain taken as perfectly
+    removed), with zero padding of a quarter of the matrix on each side, plus optional Gaussian
+    noise of ``noise_std`` ppm inside the mask. The reference is the phantom's susceptibility
+    (ppm) referenced to its mean inside the mask; the affine encodes the B0 direction.
 
     Args:
         count: number of heads.
@@ -135,8 +138,7 @@ def simulated_heads(count: int, shape=(164, 205, 205), voxel_size=(1.0, 1.0, 1.0
     Raises:
         InputError: a seed below :data:`EVAL_SEED_BASE` or a non-positive count.
     """
-    from dlqsm.physics.dipole import DipoleOperator
-    from dlqsm.simulation.head import DGM_LABELS, head_phantom
+    from dlqsm.simulation.head import DGM_LABELS, simulate_head_case
 
     if int(count) < 0:
         raise InputError(f"the number of heads must be >= 0, got {count}.")
@@ -148,27 +150,27 @@ def simulated_heads(count: int, shape=(164, 205, 205), voxel_size=(1.0, 1.0, 1.0
     cases = []
     for i in range(int(count)):
         s = int(seed) + i
-        head = head_phantom(shape, vox, seed=s, device=device, **phantom_kwargs)
-        mask = head.brain_mask.bool()
-        chi = head.chi.float() * mask
         b0 = b0_at_tilt(b0_tilt_deg, s)
-        op = DipoleOperator(shape, vox, b0, padding=tuple(n // 4 for n in shape),
-                            device=chi.device)
-        fld = op.forward(chi)
+        head = simulate_head_case(shape, vox, b0, seed=s, signal=False,
+                                  padding=tuple(n // 4 for n in shape), device=device,
+                                  **phantom_kwargs)
+        mask = head.mask.bool()
+        fld = head.local_field.float()
         if noise_std > 0:
             g = torch.Generator(device="cpu").manual_seed(s)
-            fld = fld + noise_std * torch.randn(shape, generator=g).to(fld.device)
-        affine = np.diag([*vox, 1.0])
+            fld = (fld + noise_std * torch.randn(shape, generator=g).to(fld.device)) * mask
         cases.append(EvalCase(
-            name=f"head{s}", local_field=(fld * mask).cpu().numpy().astype(np.float32),
-            mask=mask.cpu().numpy(), reference=chi.cpu().numpy().astype(np.float32),
-            voxel_size=vox, b0_dir=tuple(float(b) for b in b0), affine=affine,
+            name=f"head{s}", local_field=fld.cpu().numpy().astype(np.float32),
+            mask=mask.cpu().numpy(), reference=head.chi.float().cpu().numpy(),
+            voxel_size=vox, b0_dir=tuple(float(b) for b in b0),
+            affine=np.asarray(head.affine, dtype=np.float64),
             labels=head.labels.cpu().numpy().astype(np.int64),
             roi_ids=list(DGM_LABELS.values()),
             roi_names={v: k for k, v in DGM_LABELS.items()},
             source={"kind": "simulated head", "seed": s, "shape": list(shape),
                     "voxel_size": list(vox), "b0_tilt_deg": float(b0_tilt_deg),
-                    "noise_std_ppm": float(noise_std), "has_lesions": head.has_lesions}))
+                    "noise_std_ppm": float(noise_std),
+                    "has_lesions": bool(head.phantom.has_lesions)}))
     return cases
 
 

@@ -163,9 +163,10 @@ def _notes(cases, device) -> list[str]:
              f"{device}, model loading excluded.",
              "Values are mean ± standard deviation over cases."]
     if any(c.source.get("kind") == "simulated head" for c in cases):
-        notes.append(f"Simulated heads: seeds >= {EVAL_SEED_BASE} (never used in training), "
-                     "local field = dipole field of the brain's susceptibility (dipole-inversion "
-                     "track); ROIs are the deep grey matter nuclei.")
+        notes.append(f"Simulated heads: phantom seeds >= {EVAL_SEED_BASE}, held out from "
+                     "training (whose samples use hashed 63-bit seeds); local field = dipole "
+                     "field of the brain's susceptibility (dipole-inversion track); ROIs are "
+                     "the deep grey matter nuclei.")
     return notes
 
 

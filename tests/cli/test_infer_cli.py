@@ -87,7 +87,7 @@ def test_local_field_input_writes_chimap_and_record(inputs, tmp_path):
     assert rec["inference"]["resampled"] and rec["inference"]["rotation_deg"] == pytest.approx(
         TILT, abs=1e-3)
     assert rec["inference"]["network_voxel_size_mm"] == [1.0, 1.0, 1.0]
-    assert rec["timings_s"]["network_network"] > 0 and rec["timings_s"]["total"] > 0
+    assert rec["timings_s"]["network"] > 0 and rec["timings_s"]["total"] > 0
     assert rec["outputs"] == ["chimap.nii.gz", "record.json"]
     assert not list(out.glob(".*"))  # no temporary files left behind
 

@@ -16,7 +16,7 @@ from dlqsm.evaluation.cases import (
     simulated_heads,
 )
 from dlqsm.physics.dipole import DipoleOperator
-from dlqsm.physics.geometry import angle_to_b0
+from dlqsm.physics.geometry import angle_to_b0, b0_dir_from_affine
 
 from .conftest import HEAD_SHAPE as SHAPE
 from .conftest import HEAD_TILT
@@ -28,6 +28,8 @@ def test_heads_are_held_out_and_physically_consistent(tiny_heads):
     assert [c.source["seed"] for c in heads] == [EVAL_SEED_BASE, EVAL_SEED_BASE + 1]
     for c in heads:
         assert angle_to_b0(c.b0_dir) == pytest.approx(HEAD_TILT, abs=1e-6)
+        np.testing.assert_allclose(b0_dir_from_affine(c.affine), c.b0_dir, atol=1e-9)
+        assert abs(c.reference[c.mask].mean()) < 1e-6
         op = DipoleOperator(SHAPE, c.voxel_size, c.b0_dir, padding=tuple(n // 4 for n in SHAPE))
         expected = op.forward(torch.tensor(c.reference * c.mask)).numpy() * c.mask
         np.testing.assert_allclose(c.local_field, expected, atol=1e-6)

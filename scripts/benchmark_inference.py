@@ -1,0 +1,168 @@
+"""Benchmark learned inference: time per volume, whole volume and sliding window, CPU and CUDA.
+
+The network is a checkpoint (``--checkpoint``), else the default model shipped with dlqsm when
+installed, else a freshly initialised network of ``configs/model/<--model>.yaml`` (untrained:
+the timing does not depend on the weights). The input is a smooth random local field (ppm) in
+an ellipsoidal brain mask, B0 tilted by ``--b0-tilt`` degrees (0: no resampling; otherwise the
+timing includes the rotation to the network's B0 axis and back).
+
+Reported per device, shape and mode: median and minimum wall time of
+:meth:`dlqsm.inference.Predictor.run` over ``--repeats`` runs after ``--warmup`` runs, the
+window size, and the peak memory (``torch.cuda.max_memory_allocated`` on CUDA; on the CPU the
+growth of the process's peak resident set size during the first run, 0 when an earlier run was
+already higher).
+
+    python scripts/benchmark_inference.py --out docs/bench_inference.md
+    python scripts/benchmark_inference.py --shapes 64x80x80 --repeats 1 --devices cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dlqsm.inference import DEFAULT_MODEL_DIR, Predictor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", help="trained model (default: shipped model, else fresh)")
+    p.add_argument("--model", default="unet", help="configs/model/<MODEL>.yaml for a fresh "
+                   "network (default unet)")
+    p.add_argument("--shapes", nargs="+", default=["164x205x205"], help="XxYxZ (default "
+                   "164x205x205)")
+    p.add_argument("--devices", nargs="+", default=None, help="cpu cuda (default: cpu, and "
+                   "cuda when available)")
+    p.add_argument("--modes", nargs="+", default=["whole", "sliding"],
+                   choices=["whole", "sliding"])
+    p.add_argument("--roi", type=int, default=96, help="sliding-window size (default 96)")
+    p.add_argument("--overlap", type=float, default=0.5, help="window overlap (default 0.5)")
+    p.add_argument("--b0-tilt", type=float, default=0.0, help="B0 tilt in degrees")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
+    p.add_argument("--out", help="also write the markdown table to this file")
+    return p.parse_args(argv)
+
+
+def load_network(args):
+    """(net, metadata, description) following the order in the module docstring."""
+    if args.checkpoint or (DEFAULT_MODEL_DIR.is_dir() and any(DEFAULT_MODEL_DIR.iterdir())):
+        from dlqsm.inference import load_network as load
+
+        net, meta, path = load(args.checkpoint)
+        return net, meta, f"checkpoint {path}"
+    from omegaconf import OmegaConf
+
+    from dlqsm.models import build_from_config
+
+    cfg_path = ROOT / "configs" / "model" / f"{args.model}.yaml"
+    cfg = OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=True)
+    net = build_from_config(cfg)
+    return net, {"network": type(net).__name__}, f"fresh {cfg_path.relative_to(ROOT)}"
+
+
+def make_input(shape, tilt_deg: float):
+    """Smooth random field (ppm) in an ellipsoid mask, and a B0 direction."""
+    g = torch.Generator().manual_seed(0)
+    idx = [torch.linspace(-1, 1, n) for n in shape]
+    x, y, z = torch.meshgrid(*idx, indexing="ij")
+    mask = (x / 0.8) ** 2 + (y / 0.85) ** 2 + (z / 0.8) ** 2 < 1
+    noise = torch.randn((1, 1, *shape), generator=g)
+    smooth = torch.nn.functional.avg_pool3d(noise, 5, stride=1, padding=2)[0, 0]
+    t = math.radians(tilt_deg)
+    return (0.05 * smooth * mask).float(), mask, (math.sin(t), 0.0, math.cos(t))
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # kB on Linux
+
+
+def bench_one(pred: Predictor, field, mask, b0, repeats: int, warmup: int) -> dict:
+    dev = pred.device
+    f, m = field.to(dev), mask.to(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+    rss0 = _peak_rss_gib()
+    times, info = [], {}
+    for i in range(warmup + repeats):
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        out = pred.run(f, m, voxel_size=(1.0, 1.0, 1.0), b0_dir=b0)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+        info = out.info
+        if i == 0:
+            peak = ((torch.cuda.max_memory_allocated(dev) - base) / 2 ** 30 if dev.type == "cuda"
+                    else _peak_rss_gib() - rss0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "peak_gib": peak,
+            "mode": info.get("mode"), "roi": info.get("roi_size")}
+
+
+def hardware(devices) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh
+                       if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    parts = [f"CPU: {cpu}, torch threads {torch.get_num_threads()}"]
+    if any(str(d).startswith("cuda") for d in devices):
+        parts.append(f"GPU: {torch.cuda.get_device_name(0)}")
+    return "; ".join(parts) + f"; torch {torch.__version__}"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    net, meta, source = load_network(args)
+    n_params = sum(p.numel() for p in net.parameters())
+    lines = ["# Learned inference benchmark", "",
+             f"Model: {meta.get('network', type(net).__name__)} ({n_params / 1e6:.2f} M "
+             f"parameters), {source}. {hardware(devices)}. B0 tilt {args.b0_tilt} deg, "
+             f"median of {args.repeats} after {args.warmup} warm-up.", "",
+             "| Device | Shape | Mode | Window | Median (s) | Min (s) | Peak memory (GiB) |",
+             "|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    for dev in devices:
+        for shape_text in args.shapes:
+            shape = tuple(int(s) for s in shape_text.lower().split("x"))
+            field, mask, b0 = make_input(shape, args.b0_tilt)
+            for mode in args.modes:
+                pred = Predictor.from_module(net, meta, device=dev, tile=(mode == "sliding"),
+                                             roi_size=args.roi if mode == "sliding" else None,
+                                             overlap=args.overlap, amp=args.amp)
+                try:
+                    r = bench_one(pred, field, mask, b0, args.repeats, args.warmup)
+                except torch.OutOfMemoryError:
+                    r = {"median_s": math.nan, "min_s": math.nan, "peak_gib": math.nan,
+                         "mode": f"{mode} (out of memory)", "roi": None}
+                    torch.cuda.empty_cache()
+                roi = "x".join(map(str, r["roi"])) + f" ({args.overlap})" if r["roi"] else "-"
+                line = (f"| {dev} | {shape_text} | {r['mode']} | {roi} | {r['median_s']:.2f} | "
+                        f"{r['min_s']:.2f} | {r['peak_gib']:.2f} |")
+                lines.append(line)
+                print(line, flush=True)
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
