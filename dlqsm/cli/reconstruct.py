@@ -17,7 +17,7 @@ from dlqsm.errors import DlqsmError, InputError
 
 # Static copies of the registries (checked against them by the tests) keep --help light.
 UNWRAP = ("romeo", "laplacian")
-ECHO_FIT = ("wls",)
+ECHO_FIT = ("wls", "nonlinear")
 BFR = ("pdf", "vsharp", "sharp", "resharp", "ismv", "lbv")
 METHODS = ("tv", "tkd", "tsvd", "tikhonov", "ilsqr", "medi", "ndi", "rts")
 

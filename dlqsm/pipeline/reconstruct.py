@@ -8,8 +8,9 @@ Stages (each a pure torch function from its own module; this one only composes t
    echo fit is reliable (phase-quality mask from the fit residual) and eroded by
    ``mask_erosion_mm``.
 3. ``unwrap``: multi-echo unwrapping (``romeo`` exact region growing, or ``laplacian``).
-4. ``echo_fit``: weighted least-squares fit of phase against TE -> total field (ppm), the phase
-   offset at TE = 0 and a noise map (std of the field, ppm).
+4. ``echo_fit``: weighted least-squares fit of phase against TE (``wls``; ``nonlinear`` refines
+   it on the complex signal) -> total field (ppm), the phase offset at TE = 0 and a noise map
+   (std of the field, ppm).
 5. ``bfr``: background field removal -> local field (ppm) and its valid mask.
 6. ``inversion``: dipole inversion with the inverse noise map as the data weight; chi (ppm)
    referenced to its mean inside the final mask (whole-brain reference).
@@ -39,7 +40,7 @@ from dlqsm.pipeline import background, inversion, masking, unwrap
 
 STAGES = ("coil", "mask", "unwrap", "echo_fit", "bfr", "inversion")
 UNWRAP_METHODS = ("romeo", "laplacian")
-ECHO_FIT_METHODS = ("wls",)
+ECHO_FIT_METHODS = ("wls", "nonlinear")
 DEFAULT_BFR = background.DEFAULT_METHOD
 DEFAULT_METHOD = "tv"
 DEFAULT_MASK_EROSION_MM = 0.0
@@ -402,43 +403,43 @@ class _State:
 def _coil_defaults() -> dict:
     from dlqsm.pipeline import coil
 
-    return _kwonly_defaults(coil.combine_coils, exclude=("te", "voxel_size", "progress"))
+    return _kwonly_defaults(coil.combine_coils, exclude=("magnitude", "phase", "voxel_size",
+                                                          "mask"))
 
 
 def _combine_coils(mag, phase, scan: Scan, params: dict):
     from dlqsm.pipeline import coil
 
-    kw = {k: v for k, v in params.items() if k != "method"}
     if mag is None:
         mag = torch.ones_like(phase)
-    out = coil.combine_coils(mag, phase, te=scan.te, voxel_size=scan.voxel_size, **kw)
-    return out.magnitude, out.phase, dict(out.info)
+    out = coil.combine_coils(None, scan.te, magnitude=mag, phase=phase, voxel_size=scan.voxel_size,
+                             method=params["method"], smoothing_mm=params["smoothing_mm"])
+    return out.magnitude, out.phase, {"method": out.method, "coils": int(phase.shape[0])}
 
 
 def _echo_fit_defaults() -> dict:
     from dlqsm.pipeline import echoes
 
-    return _kwonly_defaults(echoes.fit_echoes, exclude=("b0_tesla", "method"))
+    return _kwonly_defaults(echoes.fit_echoes, exclude=("nonlinear",))
 
 
 def _fit_echoes(unwrapped, mag, mask, scan: Scan, params: dict) -> dict:
+    """Total field, noise map (ppm) and fit residual (rad); ``nonlinear`` refines the WLS fit
+    on the complex signal."""
     from dlqsm.pipeline import echoes
 
     kw = {k: v for k, v in params.items() if k != "method"}
-    fit = echoes.fit_echoes(unwrapped, scan.te, mag, mask, b0_tesla=scan.b0_tesla, **kw)
-    return {"field": fit.field, "noise": fit.noise, "residual": getattr(fit, "residual", None),
-            "info": dict(getattr(fit, "info", {}) or {})}
+    fit = echoes.fit_echoes(unwrapped, scan.te, scan.b0_tesla, mag, mask,
+                            nonlinear=params["method"] == "nonlinear", **kw)
+    return {"field": fit.field_ppm, "noise": fit.noise_ppm, "residual": fit.residual,
+            "info": {"method": params["method"], "noise_std": fit.noise_std}}
 
 
 def _noise_weight(noise: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor | None:
-    """Inverse noise std, floored at 10% of its median in the mask, mean 1 inside the mask."""
-    if noise is None:
-        return None
-    m = mask.bool()
-    n = noise.float().clamp_min(0)
-    floor = float(n[m].median()) * 0.1 if bool(m.any()) else 0.0
-    w = torch.where(m, 1.0 / n.clamp_min(max(floor, 1e-12)), torch.zeros_like(n))
-    return w / w[m].mean().clamp_min(1e-30)
+    """Inverse noise std, mean 1 inside the mask (:func:`dlqsm.pipeline.echoes.data_weight`)."""
+    from dlqsm.pipeline import echoes
+
+    return None if noise is None else echoes.data_weight(noise, mask)
 
 
 def _magnitude_3d(mag: torch.Tensor | None) -> torch.Tensor | None:
