@@ -74,6 +74,13 @@ def load_nifti(path, *, ndim: int | tuple[int, ...] | None = None, finite: bool 
                        header=img.header)
 
 
+def default_file_mode() -> int:
+    """Permissions of a newly created file under the current umask (mkstemp would give 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def save_nifti(path, data, affine, *, dtype=np.float32, header=None) -> Path:
     """Write a NIfTI atomically (temporary file in the same folder, then rename).
 
@@ -94,6 +101,7 @@ def save_nifti(path, data, affine, *, dtype=np.float32, header=None) -> Path:
     os.close(fd)
     try:
         nib.save(img, tmp)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, p)
     finally:
         if os.path.exists(tmp):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from dlqsm.errors import OutputExistsError
-from dlqsm.io.nifti import save_nifti
+from dlqsm.io.nifti import default_file_mode, save_nifti
 
 
 def _jsonable(obj):
@@ -40,6 +40,7 @@ def write_json_atomic(path, obj) -> Path:
         with os.fdopen(fd, "w") as f:
             json.dump(_jsonable(obj), f, indent=2)
             f.write("\n")
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, p)
     finally:
         if os.path.exists(tmp):
