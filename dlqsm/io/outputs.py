@@ -86,7 +86,8 @@ class OutputDir:
     def _target(self, name: str) -> Path:
         p = self.path / name
         if p.exists() and not self.force:
-            raise OutputExistsError(f"{p} exists. Fix: choose another output folder or pass --force.")
+            raise OutputExistsError(
+                f"{p} exists. Fix: choose another output folder or pass --force.")
         return p
 
     def nifti(self, name: str, data, affine) -> Path:
