@@ -128,6 +128,19 @@ def test_disconnected_parts_are_unwrapped_separately():
         assert u[part].mean().abs() <= math.pi + 1e-4
 
 
+def test_tiny_masks():
+    phase = wrap(torch.linspace(0, 30, 125).view(5, 5, 5))
+    one = torch.zeros(5, 5, 5, dtype=torch.bool)
+    one[2, 2, 2] = True
+    assert torch.equal(unwrap_region_growing(phase, None, one), phase)  # no edges at all
+    two = one.clone()
+    two[2, 2, 3] = True
+    u = unwrap_region_growing(phase, torch.zeros_like(phase), two)  # zero magnitude: weight 0
+    assert_integral(u, phase)
+    with pytest.raises(InputError, match="empty"):
+        unwrap_region_growing(phase, None, torch.zeros_like(one))
+
+
 def test_edge_weights_and_quality():
     x, y, z = grid(24)
     true, mask = 4 * x + 2 * y, x ** 2 + y ** 2 + z ** 2 < 0.85
