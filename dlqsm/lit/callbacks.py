@@ -12,6 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dlqsm.io.outputs import write_json_atomic
+from dlqsm.metrics.functional import nrmse
 
 
 def _central_slices(vol: np.ndarray) -> list[tuple[str, np.ndarray]]:
@@ -35,7 +36,7 @@ def slice_panel(truth: np.ndarray, pred: np.ndarray, mask: np.ndarray | None = N
         lo, hi = lo - 0.05, hi + 0.05
     err = pred - truth
     emax = max(float(np.percentile(np.abs(err), 99.5)), 1e-6)
-    fig = Figure(figsize=(9, 9), dpi=80)
+    fig = Figure(figsize=(8, 9), dpi=80, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(3, 3)
     columns = [("truth", truth, "gray", lo, hi), ("prediction", pred, "gray", lo, hi),
@@ -49,7 +50,7 @@ def slice_panel(truth: np.ndarray, pred: np.ndarray, mask: np.ndarray | None = N
                 axes[r, c].set_title(name)
             if c == 0:
                 axes[r, c].set_ylabel(view)
-        fig.colorbar(im, ax=axes[:, c].tolist(), shrink=0.6, label="ppm")
+        fig.colorbar(im, ax=axes[:, c].tolist(), location="bottom", shrink=0.8, label="ppm")
     if title:
         fig.suptitle(title)
     return fig
@@ -74,20 +75,18 @@ class SlicePanels(Callback):
         if not isinstance(outputs, dict) or "pred" not in outputs:
             return
 
-        def first(t):
-            return t[0, 0].detach().float().cpu().numpy()
-
-        self._sample = (first(batch["chi"]), first(outputs["pred"]), first(batch["mask"]))
+        self._sample = tuple(to_numpy(t[0, 0]) for t in (batch["chi"], outputs["pred"],
+                                                          batch["mask"]))
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         sample, self._sample = self._sample, None
         if sample is None or trainer.current_epoch % self.every_n_epochs:
             return
         truth, pred, mask = sample
-        m = mask > 0
-        nrmse = 100 * np.linalg.norm((pred - truth)[m]) / max(np.linalg.norm(truth[m]), 1e-12)
+        score = float(nrmse(torch.from_numpy(pred), torch.from_numpy(truth),
+                            torch.from_numpy(mask > 0)))
         fig = slice_panel(truth, pred, mask, title=f"epoch {trainer.current_epoch}, "
-                          f"step {trainer.global_step}: NRMSE {nrmse:.1f}% (first val volume)")
+                          f"step {trainer.global_step}: NRMSE {score:.1f}% (first val volume)")
         out = Path(self.dirpath or Path(trainer.default_root_dir) / "panels")
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"epoch{trainer.current_epoch:04d}.png"

@@ -14,6 +14,25 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 
+def simulated_dataset(simulation, length: int, seed: int, **overrides):
+    """A :class:`dlqsm.simulation.datasets.SimulatedQSMDataset` from a ``configs/simulation``
+    node (the recipe shared with ``dlqsm simulate``), with its own length and seed.
+
+    Used from YAML with ``_recursive_: false`` so that the recipe reaches this function
+    uninstantiated::
+
+        train_dataset:
+          _target_: dlqsm.lit.datamodule.simulated_dataset
+          _recursive_: false
+          simulation: ${simulation}
+          length: 2000
+          seed: ${seed}
+    """
+    from hydra.utils import instantiate
+
+    return instantiate(simulation, length=int(length), seed=int(seed), **overrides)
+
+
 class MixtureDataset(Dataset):
     """Deterministic weighted mixture of datasets: item i comes from dataset j with prob w_j.
 

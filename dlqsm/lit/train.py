@@ -16,8 +16,9 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 import dlqsm
@@ -86,6 +87,8 @@ def build(cfg: DictConfig) -> dict:
     """Instantiate datamodule, network, LightningModule, callbacks, loggers and trainer."""
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
+    if cfg.get("cpu_threads"):
+        torch.set_num_threads(int(cfg.cpu_threads))
     datamodule = instantiate(cfg.data, _convert_="all")
     net = instantiate(cfg.model)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
@@ -99,6 +102,8 @@ def build(cfg: DictConfig) -> dict:
     loggers = instantiate_group(cfg.get("logger"))
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if cfg.trainer.get("enable_progress_bar") is False:  # the Trainer refuses both
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(module.run_config)

@@ -50,15 +50,12 @@ class TinyQSMDataset(torch.utils.data.Dataset):
                 "labels": labels[None]}
 
 
-TINY = "tests.lit.helpers.TinyQSMDataset"
-
-
-def tiny_data_overrides(shape=(16, 16, 16), train_len=4, val_len=2) -> list[str]:
-    """Overrides that point data=sim at TinyQSMDataset."""
-    s = f"[{shape[0]},{shape[1]},{shape[2]}]"
-    return [f"data.train_dataset._target_={TINY}", f"data.val_dataset._target_={TINY}",
+def sim_overrides(size: int = 16, train_len: int = 4, val_len: int = 2,
+                  recipe: str = "deepqsm") -> list[str]:
+    """Overrides for tiny on-the-fly simulated data (the real SimulatedQSMDataset)."""
+    return [f"simulation={recipe}", f"simulation.shape=[{size},{size},{size}]",
             f"data.train_dataset.length={train_len}", f"data.val_dataset.length={val_len}",
-            f"data.train_dataset.shape={s}", "data.num_workers=0", "data.batch_size=2"]
+            "data.num_workers=0", "data.batch_size=2"]
 
 
 def compose_train(overrides: list[str], out: Path):

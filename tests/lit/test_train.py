@@ -13,18 +13,18 @@ from hydra.core.global_hydra import GlobalHydra
 from dlqsm.lit.datamodule import collate
 from dlqsm.lit.train import build, train
 from dlqsm.models import export_model, load_model
-from tests.lit.helpers import TinyQSMDataset, tiny_data_overrides
+from tests.lit.helpers import TinyQSMDataset, sim_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL_UNET = ["model.backbone.channels=[4,8,16]", "model.backbone.strides=[2,2]",
               "model.pad_multiple=4"]
 QUICK = ["logger=csv", "callbacks=minimal", "trainer.log_every_n_steps=1",
-         "trainer.num_sanity_val_steps=0", *tiny_data_overrides(), *SMALL_UNET]
+         "trainer.num_sanity_val_steps=0", *sim_overrides(), *SMALL_UNET]
 
 
 @pytest.mark.parametrize("model", ["unet", "basicunet", "resunet", "unrolled"])
 def test_fast_dev_run_each_model(compose_cfg, model):
-    cfg = compose_cfg([f"model={model}", "debug=fdr", *tiny_data_overrides()])
+    cfg = compose_cfg([f"model={model}", "debug=fdr", *sim_overrides()])
     metrics = train(cfg)
     assert metrics["global_step"] == 1
     assert torch.isfinite(torch.tensor(metrics["val/loss"]))
@@ -102,7 +102,7 @@ def test_dlqsm_train_cli(tmp_path):
     from dlqsm.cli.main import main
 
     run = tmp_path / "run"
-    argv = ["train", "debug=fdr", *tiny_data_overrides(), f"hydra.run.dir={run}"]
+    argv = ["train", "debug=fdr", *sim_overrides(), f"hydra.run.dir={run}"]
     GlobalHydra.instance().clear()
     try:
         assert main(argv) == 0
