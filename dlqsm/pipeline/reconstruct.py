@@ -27,7 +27,7 @@ import math
 import sys
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -203,8 +203,8 @@ def resolve_device(device) -> torch.device:
 class _Clock:
     """Times stages (synchronising CUDA) and prints one progress line per stage to stderr."""
 
-    def __init__(self, device: torch.device, progress: bool, n_stages: int):
-        self.device, self.progress, self.n = device, progress, n_stages
+    def __init__(self, device: torch.device, progress: bool, n_stages: int, hook=None):
+        self.device, self.progress, self.n, self.hook = device, progress, n_stages, hook
         self.timings: dict[str, float] = {}
         self.i = 0
 
@@ -219,10 +219,11 @@ class _Clock:
         if self.progress:
             print(f"dlqsm: [{self.i}/{self.n}] {label} ...", file=sys.stderr, flush=True)
         self._sync()
-        t0 = time.perf_counter()
-        yield
-        self._sync()
-        dt = time.perf_counter() - t0
+        with self.hook(name) if self.hook is not None else nullcontext():
+            t0 = time.perf_counter()
+            yield
+            self._sync()
+            dt = time.perf_counter() - t0
         self.timings[name] = dt
         if self.progress:
             print(f"dlqsm: [{self.i}/{self.n}] {label} done in {dt:.2f} s", file=sys.stderr,
@@ -243,7 +244,7 @@ def _tensor(x, device, dtype=torch.float32) -> torch.Tensor | None:
 def reconstruct(scan: Scan, *, unwrap: str = "romeo", echo_fit: str = "wls",
                 bfr: str = DEFAULT_BFR, method: str = DEFAULT_METHOD,
                 mask_erosion_mm: float = DEFAULT_MASK_EROSION_MM, device="cpu",
-                progress: bool = True, stage_params: dict | None = None
+                progress: bool = True, stage_params: dict | None = None, stage_hook=None
                 ) -> ReconstructionResult:
     """Run the classical QSM chain on a scan (see the module docstring for the stages).
 
@@ -257,6 +258,8 @@ def reconstruct(scan: Scan, *, unwrap: str = "romeo", echo_fit: str = "wls",
         device: where to compute ("cpu", "cuda", ...).
         progress: one line per stage on stderr, and the stages' own progress bars.
         stage_params: ``{stage: {parameter: value}}`` (see :func:`resolve_parameters`).
+        stage_hook: optional ``hook(stage_name)`` returning a context manager entered around
+            each stage (e.g. to measure memory); called after CUDA synchronisation.
 
     Returns:
         :class:`ReconstructionResult` with chi in ppm (mean 0 inside its mask).
@@ -267,10 +270,13 @@ def reconstruct(scan: Scan, *, unwrap: str = "romeo", echo_fit: str = "wls",
     params = resolve_parameters(scan.kind, has_coils=scan.has_coils, unwrap=unwrap,
                                 echo_fit=echo_fit, bfr=bfr, method=method,
                                 stage_params=stage_params)
+    if "mask" in params:
+        params["mask"]["method"] = "user" if scan.mask is not None else "magnitude"
+        params["mask"]["erosion_mm"] = 0.0 if scan.mask is not None else float(mask_erosion_mm)
     if mask_erosion_mm < 0:
         raise InputError(f"mask erosion must be >= 0 mm, got {mask_erosion_mm}.")
     dev = resolve_device(device)
-    clock = _Clock(dev, progress, len(params))
+    clock = _Clock(dev, progress, len(params), stage_hook)
     state = _State(scan, dev, params, clock, progress, float(mask_erosion_mm))
     state.given = {k: dict(v or {}) for k, v in (stage_params or {}).items()}
     t0 = time.perf_counter()
@@ -319,6 +325,10 @@ class _State:
                                                  voxel_size=self.vox, **kw)
             self.info["unwrap"] = {"method": p["unwrap"]["method"], "echoes": int(phase.shape[0])}
         del phase
+        if unwrapped.shape[0] == 1:
+            self.notices.append("single echo: the phase offset at TE = 0 cannot be separated "
+                                "from the field; it stays in the total field (background "
+                                "removal takes out its smooth part).")
         with self.clock.stage("echo_fit", p["echo_fit"]["method"]):
             fit = _fit_echoes(unwrapped, mag, self.mask, scan, p["echo_fit"])
             self.total_field, self.noise = fit["field"], fit["noise"]
@@ -336,7 +346,7 @@ class _State:
                              path=self.scan.sources.get("phase"),
                              fix="give --mask or the magnitude images.")
         kw = {k: v for k, v in self.params["mask"].items()
-              if k not in ("method", "quality", "quality_threshold")}
+              if k not in ("method", "quality", "quality_threshold", "erosion_mm")}
         self.mask = masking.brain_mask(mag, self.vox, **kw)
         self.info["mask"] = {"source": "magnitude", "voxels": int(self.mask.sum())}
 
