@@ -8,8 +8,10 @@ end to end: NRMSE (%), XSIM and DGM linearity |1 - slope| of chi against the sim
     python scripts/benchmark_pipeline.py                          # 164x205x205, 4 echoes
     python scripts/benchmark_pipeline.py --shapes 64x80x80 --devices cpu --out /tmp/b.md
 
-The simulation itself is not timed. Each (shape, device) runs ``--repeat`` times after one
-untimed warm-up on a small volume (CUDA kernels, FFT plans); the fastest run is reported.
+The same case is also reconstructed from the simulator's true total field and true local field
+(first device only; ``--no-references`` skips them). The simulation itself is not timed. Each
+(shape, device) runs ``--repeat`` times after one untimed warm-up on a small volume (CUDA
+kernels, FFT plans); the fastest run is reported.
 """
 
 from __future__ import annotations
@@ -95,6 +97,13 @@ def score(chi: torch.Tensor, case) -> dict:
             "dgm_linearity": float(dgm_linearity(chi, case.chi, case.labels, ids))}
 
 
+def reference_scans(case) -> dict:
+    """The same case entered later in the chain: the true total field, the true local field."""
+    common = {"mask": case.mask.numpy(), "affine": case.affine}
+    return {"true total field": Scan(total_field=case.total_field.numpy(), **common),
+            "true local field": Scan(local_field=case.local_field.numpy(), **common)}
+
+
 def run_one(scan, case, device, args) -> dict:
     """Best of ``args.repeat`` runs: stage timings, peak memory and scores."""
     best = None
@@ -125,19 +134,21 @@ def markdown(rows, args) -> str:
         f"Host: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads. Target: whole chain "
         f"< {TARGET_S:.0f} s on a 2-core CPU.", "",
-        "| shape | device | " + " | ".join(f"{s} s" for s in STAGES[1:]) +
+        "| shape | device | input | " + " | ".join(f"{s} s" for s in STAGES[1:]) +
         " | total s | peak MiB (stage) | NRMSE % | XSIM | DGM \\|1-slope\\| |",
-        "|" + "---|" * (len(STAGES) + 6),
+        "|" + "---|" * (len(STAGES) + 7),
     ]
     for r in rows:
         t, mem, sc = r["timings"], r["memory"], r["scores"]
         peak_stage = max(mem, key=mem.get) if mem else "-"
         lines.append(
-            f"| {'x'.join(map(str, r['shape']))} | {r['device']} | "
+            f"| {'x'.join(map(str, r['shape']))} | {r['device']} | {r['input']} | "
             + " | ".join(f"{t[s]:.2f}" if s in t else "-" for s in STAGES[1:])
             + f" | {t['total']:.2f} | {mem.get(peak_stage, 0):.0f} ({peak_stage}) | "
             f"{sc['nrmse']:.1f} | {sc['xsim']:.3f} | {sc['dgm_linearity']:.3f} |")
-    lines += ["", "Peak memory is per stage above the level at the stage's start (CPU: RSS "
+    lines += ["", "Rows 'true total field' / 'true local field' enter the same case later in "
+              "the chain (the simulator's fields), showing what each part of the chain loses.",
+              "Peak memory is per stage above the level at the stage's start (CPU: RSS "
               "sampled every 5 ms; CUDA: allocated tensors); the largest stage is shown.",
               "Times measured on a shared machine vary with its load."]
     return "\n".join(lines) + "\n"
@@ -157,6 +168,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true", help="stage lines on stderr")
+    p.add_argument("--no-references", dest="references", action="store_false",
+                   help="skip the runs from the true total / local field")
     p.add_argument("--out", type=Path, default=None, help="also write the markdown here")
     return p.parse_args(argv)
 
@@ -176,7 +189,12 @@ def main(argv=None) -> int:
             case, scan = simulate(shape, args.echoes, args.seed)
             print(f"simulated {shape_text} in {time.perf_counter() - t0:.1f} s; "
                   f"reconstructing on {device}", file=sys.stderr)
-            rows.append({"shape": shape, "device": device, **run_one(scan, case, device, args)})
+            rows.append({"shape": shape, "device": device, "input": "raw phase",
+                         **run_one(scan, case, device, args)})
+            if args.references and device == devices[0]:
+                for name, ref in reference_scans(case).items():
+                    rows.append({"shape": shape, "device": device, "input": name,
+                                 **run_one(ref, case, device, args)})
             del case, scan
     text = markdown(rows, args)
     print(text)

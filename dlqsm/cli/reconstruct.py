@@ -194,7 +194,9 @@ def build_record(scan, result, args, names) -> dict:
 
     b0 = [float(b) for b in scan.b0_dir]
     return {
-        "command": "dlqsm reconstruct " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else []),
+        "command": (" ".join(["dlqsm", *sys.argv[1:]])
+                    if len(sys.argv) > 1 and sys.argv[1] == "reconstruct" else None),
+        "arguments": {k: v for k, v in vars(args).items() if k not in ("func", "overrides")},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "input": {"kind": scan.kind, "sources": scan.sources, "shape": list(scan.shape),
                   "echo_times_s": None if scan.te is None else [float(t) for t in scan.te],

@@ -79,6 +79,7 @@ def test_local_field_each_method(lf_input, tmp_path, method):
     assert rec["geometry"]["b0_dir_source"] == "affine"
     assert rec["timings_s"]["inversion"] > 0 and rec["software"]["dlqsm"]
     assert "ppm" in rec["units"]["chimap"]
+    assert rec["arguments"]["method"] == method and rec["arguments"]["force"] is False
 
 
 def test_force_and_existing_outputs(lf_input, tmp_path, capsys):
