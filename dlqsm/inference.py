@@ -679,8 +679,8 @@ def local_field_from_scan(scan, *, unwrap: str = "romeo", echo_fit: str = "wls",
 
     Raw scans go through masking, unwrapping, echo fitting and background removal, total-field
     scans through background removal only, and local-field scans are returned as given (their
-    mask is required). Uses the stage runner of :mod:`dlqsm.pipeline.reconstruct` with the
-    inversion stage left out, so the stages are exactly those of ``dlqsm reconstruct``.
+    mask is required). Calls :func:`dlqsm.pipeline.reconstruct.reconstruct` with
+    ``method=None``, so the stages are exactly those of ``dlqsm reconstruct``.
 
     Args:
         scan: a :class:`dlqsm.io.scan.Scan`.
@@ -702,23 +702,10 @@ def local_field_from_scan(scan, *, unwrap: str = "romeo", echo_fit: str = "wls",
         lf = torch.as_tensor(np.asarray(scan.local_field), dtype=torch.float32, device=dev)
         mask = torch.as_tensor(np.asarray(scan.mask), device=dev).bool()
         return FieldMap(lf, mask, notices=list(scan.notices))
-    stage_params = dict(stage_params or {})
-    if stage_params.get("inversion"):
-        raise InputError("inversion parameters do not apply to learned inference.",
-                         fix="drop the --param values without a stage prefix.")
-    stage_params.pop("inversion", None)
-    params = rec.resolve_parameters(scan.kind, has_coils=scan.has_coils, unwrap=unwrap,
-                                    echo_fit=echo_fit, bfr=bfr or rec.DEFAULT_BFR,
-                                    stage_params=stage_params)
-    params.pop("inversion", None)
-    dev = rec.resolve_device(device)
-    clock = rec._Clock(dev, progress, len(params))
-    state = rec._State(scan, dev, params, clock, progress, float(mask_erosion_mm))
-    state.given = stage_params
-    t0 = time.perf_counter()
-    if scan.kind == "raw":
-        state.field_mapping()
-    state.background()
-    timings = {**clock.timings, "field_total": time.perf_counter() - t0}
-    return FieldMap(state.local_field, state.mask.bool(), state.total_field, timings, params,
-                    state.info, list(scan.notices) + list(state.notices))
+    res = rec.reconstruct(scan, unwrap=unwrap, echo_fit=echo_fit, bfr=bfr or rec.DEFAULT_BFR,
+                          method=None, mask_erosion_mm=mask_erosion_mm, device=device,
+                          progress=progress, stage_params=stage_params)
+    timings = dict(res.timings)
+    timings["field_total"] = timings.pop("total")
+    return FieldMap(res.local_field, res.mask.bool(), res.total_field, timings, res.parameters,
+                    res.info, list(scan.notices) + list(res.notices))

@@ -65,7 +65,7 @@ class ReconstructionResult:
         notices: remarks for the user (assumptions, fallbacks).
     """
 
-    chimap: torch.Tensor
+    chimap: torch.Tensor | None
     mask: torch.Tensor
     total_field: torch.Tensor | None = None
     local_field: torch.Tensor | None = None
@@ -105,23 +105,30 @@ def _stage_defaults(stage: str, method: str | None) -> dict:
     raise InputError(f"unknown stage {stage!r}.", fix=f"use one of {', '.join(STAGES)}.")
 
 
-def stages_for(kind: str, has_coils: bool = False) -> tuple[str, ...]:
-    """The stages that run for a scan of ``kind`` ("raw", "total_field", "local_field")."""
+def stages_for(kind: str, has_coils: bool = False, *, invert: bool = True) -> tuple[str, ...]:
+    """The stages that run for a scan of ``kind`` ("raw", "total_field", "local_field").
+
+    ``invert=False`` leaves out dipole inversion (field mapping for learned inference).
+    """
     if kind == "local_field":
-        return ("inversion",)
-    if kind == "total_field":
-        return ("bfr", "inversion")
-    return STAGES if has_coils else STAGES[1:]
+        stages = ("inversion",)
+    elif kind == "total_field":
+        stages = ("bfr", "inversion")
+    else:
+        stages = STAGES if has_coils else STAGES[1:]
+    return stages if invert else stages[:-1]
 
 
 def resolve_parameters(kind: str = "raw", *, has_coils: bool = False, unwrap: str = "romeo",
                        echo_fit: str = "wls", bfr: str = DEFAULT_BFR,
-                       method: str = DEFAULT_METHOD, stage_params: dict | None = None) -> dict:
+                       method: str | None = DEFAULT_METHOD,
+                       stage_params: dict | None = None) -> dict:
     """Every parameter of the stages that will run, defaults filled in.
 
     Args:
         kind, has_coils: what the scan is (see :func:`stages_for`).
-        unwrap, echo_fit, bfr, method: the method of each stage.
+        unwrap, echo_fit, bfr, method: the method of each stage; ``method=None`` stops before
+            dipole inversion.
         stage_params: ``{stage: {name: value}}`` overrides; stage names are those of
             :data:`STAGES`.
 
@@ -135,7 +142,7 @@ def resolve_parameters(kind: str = "raw", *, has_coils: bool = False, unwrap: st
     stage_params = check_parameters(stage_params, unwrap=unwrap, echo_fit=echo_fit, bfr=bfr,
                                     method=method)
     out = {}
-    for stage in stages_for(kind, has_coils):
+    for stage in stages_for(kind, has_coils, invert=method is not None):
         defaults = _stage_defaults(stage, methods[stage])
         out[stage] = {"method": methods[stage], **defaults, **stage_params.get(stage, {})}
     ignored = sorted(set(stage_params) - set(out))
@@ -149,13 +156,14 @@ def _methods(unwrap, echo_fit, bfr, method) -> dict:
     _check_choice("unwrapping method", unwrap, UNWRAP_METHODS)
     _check_choice("echo fit", echo_fit, ECHO_FIT_METHODS)
     _check_choice("background removal method", bfr, tuple(background.METHODS))
-    _check_choice("inversion method", method, tuple(inversion.METHODS))
+    if method is not None:
+        _check_choice("inversion method", method, tuple(inversion.METHODS))
     return {"coil": None, "mask": None, "unwrap": unwrap, "echo_fit": echo_fit, "bfr": bfr,
             "inversion": method}
 
 
 def check_parameters(stage_params: dict | None, *, unwrap: str = "romeo", echo_fit: str = "wls",
-                     bfr: str = DEFAULT_BFR, method: str = DEFAULT_METHOD) -> dict:
+                     bfr: str = DEFAULT_BFR, method: str | None = DEFAULT_METHOD) -> dict:
     """Check method names and the *given* stage parameters (cheap; before loading data).
 
     Returns:
@@ -170,6 +178,9 @@ def check_parameters(stage_params: dict | None, *, unwrap: str = "romeo", echo_f
     for stage, given in stage_params.items():
         if not given:
             continue
+        if stage == "inversion" and method is None:
+            raise InputError("inversion parameters given, but no dipole inversion runs here.",
+                             fix="drop the --param values without a stage prefix.")
         defaults = _stage_defaults(stage, methods[stage])
         unknown = sorted(set(given) - set(defaults))
         if unknown:
@@ -242,7 +253,7 @@ def _tensor(x, device, dtype=torch.float32) -> torch.Tensor | None:
 
 
 def reconstruct(scan: Scan, *, unwrap: str = "romeo", echo_fit: str = "wls",
-                bfr: str = DEFAULT_BFR, method: str = DEFAULT_METHOD,
+                bfr: str = DEFAULT_BFR, method: str | None = DEFAULT_METHOD,
                 mask_erosion_mm: float = DEFAULT_MASK_EROSION_MM, device="cpu",
                 progress: bool = True, stage_params: dict | None = None, stage_hook=None
                 ) -> ReconstructionResult:
@@ -253,7 +264,9 @@ def reconstruct(scan: Scan, *, unwrap: str = "romeo", echo_fit: str = "wls",
             local-field (ppm) input with its geometry (B0 direction in voxel coordinates, mm).
         unwrap: ``"romeo"`` or ``"laplacian"``. echo_fit: ``"wls"``.
         bfr: background removal method (:data:`dlqsm.pipeline.background.METHODS`).
-        method: inversion method (:data:`dlqsm.pipeline.inversion.METHODS`).
+        method: inversion method (:data:`dlqsm.pipeline.inversion.METHODS`), or None to stop
+            after background removal (``chimap`` is then None): the field mapping that learned
+            inference runs before its network.
         mask_erosion_mm: erosion of a *computed* mask (a user mask is used as given).
         device: where to compute ("cpu", "cuda", ...).
         progress: one line per stage on stderr, and the stages' own progress bars.
@@ -284,7 +297,8 @@ def reconstruct(scan: Scan, *, unwrap: str = "romeo", echo_fit: str = "wls",
         state.field_mapping()
     if scan.kind in ("raw", "total_field"):
         state.background()
-    state.invert()
+    if method is not None:
+        state.invert()
     clock.timings["total"] = time.perf_counter() - t0
     return state.result()
 
