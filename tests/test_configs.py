@@ -184,7 +184,7 @@ def test_optuna_search_config(compose):
         cfg = hcompose("train", overrides=["hparams_search=optuna"], return_hydra_config=True)
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
     assert "optimizer.lr" in cfg.hydra.sweeper.params
-    assert cfg.optimized_metric == "val/loss"
+    assert cfg.optimized_metric == "val/nrmse"
 
 
 def test_configs_dir_is_the_repository_one():

@@ -19,11 +19,13 @@ EPILOG = """examples:
   dlqsm train -m hparams_search=optuna            hyper-parameter search
   dlqsm train --cfg job                           print the composed config and exit
 
-groups: data={sim,disk,mixture} model={unet,basicunet,resunet,unrolled}
+groups: data={sim,disk,mixture} simulation={hybrid,shapes,deepqsm,head,mixture}
+        model={unet,basicunet,resunet,unrolled}
         loss={l1,l2,l1_gdl,l1_physics,physics} optimizer={adamw,adam}
         scheduler={cosine,plateau,none} trainer={cpu,gpu,gpu_bf16,gpu_16,ddp,ddp_cpu}
         logger={wandb,csv,tensorboard,none} callbacks={default,minimal,none}
-        experiment={quickstart_cpu,deepqsm_shapes,hybrid_unet,unrolled} debug={fast,fdr,...}
+        experiment={quickstart_cpu,deepqsm_shapes,hybrid_unet,resunet,unrolled}
+        debug={fast,fdr,default,overfit} hparams_search={optuna} hydra/launcher={slurm}
 See docs/training.md."""
 
 
@@ -31,6 +33,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``dlqsm train``; unknown arguments are passed on as Hydra overrides."""
     p = subparsers.add_parser(
         "train", help="train a network (Hydra overrides follow)",
+        usage="dlqsm train [-h] [-m] [--cfg job] [OVERRIDE ...]",
         description="Train a QSM network with the Hydra config configs/train.yaml. "
                     "Arguments are Hydra overrides (group=option, key=value).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

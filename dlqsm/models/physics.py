@@ -28,6 +28,11 @@ def _per_sample(value, batch: int, default, device) -> torch.Tensor:
     return v
 
 
+def _fft_dtype(x: torch.Tensor) -> torch.Tensor:
+    """Upcast float16/bfloat16 (mixed-precision training) to float32 for the FFTs."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class BatchDipole:
     """Dipole convolution of a batch ``(B, C, X, Y, Z)`` with per-sample B0 and voxel size.
 
@@ -57,7 +62,8 @@ class BatchDipole:
             self.groups.append((idx.to(device), op))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """D x for x of shape (B, C, X, Y, Z)."""
+        """D x for x of shape (B, C, X, Y, Z) (float32 result; half inputs are upcast)."""
+        x = _fft_dtype(x)
         if x.shape[0] != self.batch:
             raise ValueError(f"batch size {x.shape[0]} != operator batch {self.batch}")
         if len(self.groups) == 1:
@@ -75,6 +81,7 @@ class BatchDipole:
 
     def apply_kspace(self, x: torch.Tensor, fn) -> torch.Tensor:
         """Apply the k-space filter ``fn(kernel)`` (a function of each group's kernel) to x."""
+        x = _fft_dtype(x)
         if len(self.groups) == 1:
             op = self.groups[0][1]
             return op.apply_kspace(x, fn(op.kernel))

@@ -30,6 +30,12 @@ def test_fast_dev_run_each_model(compose_cfg, model):
     assert torch.isfinite(torch.tensor(metrics["val/loss"]))
 
 
+def test_bf16_mixed_precision_run(compose_cfg):
+    cfg = compose_cfg(["model=unrolled", "model.features=8", "loss=l1_physics", "debug=fdr",
+                       "trainer.precision=bf16-mixed", *sim_overrides()])
+    assert torch.isfinite(torch.tensor(train(cfg)["val/loss"]))
+
+
 def test_checkpoints_metadata_and_load_model(compose_cfg, tmp_path):
     cfg = compose_cfg([*QUICK, "trainer.max_epochs=2", "callbacks=default"])
     metrics = train(cfg)
@@ -82,6 +88,7 @@ def test_gradient_accumulation_counts_optimizer_steps(compose_cfg):
     assert train(cfg)["global_step"] == 2  # 4 batches, one optimizer step per 2
 
 
+@pytest.mark.slow
 def test_short_training_lowers_the_validation_loss(compose_cfg):
     """~100 steps at 16^3 must beat the untrained net and the zero map (NRMSE 100%)."""
     cfg = compose_cfg([*QUICK, "model.backbone.channels=[8,16,32]", "loss=l2",

@@ -109,3 +109,19 @@ def test_build_from_config_nested():
     assert net.input_normalization()["chi_scale"] == 0.2
     with pytest.raises(ValueError, match="cannot import"):
         build_from_config({"_target_": "dlqsm.models.NoSuchNet"})
+
+
+@pytest.mark.parametrize("kind", ["unet", "resunet", "unrolled"])
+def test_models_run_under_bfloat16_autocast(kind):
+    """Mixed precision: the physics (FFTs) is upcast to float32, gradients reach every weight."""
+    _, field, mask, b0, vox = _sample()
+    net = {"unet": lambda: NormalizedNet(UNet(3, 1, 1, (4, 8), (2,), norm="batch"), pad_multiple=2),
+           "resunet": lambda: TKDResidualNet(UNet(3, 2, 1, (4, 8), (2,), norm="batch"),
+                                             pad_multiple=2),
+           "unrolled": lambda: UnrolledQSM(iterations=2, features=4, layers=2)}[kind]()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(field, mask, b0, vox)
+        loss = (batch_dipole(out, vox, b0).forward(out) - field).abs().mean()
+    loss.backward()
+    assert torch.isfinite(out.float()).all() and torch.isfinite(loss)
+    assert all(p.grad is not None for p in net.parameters())
