@@ -27,49 +27,16 @@ model and its metadata, the B0 geometry and resampling used, and timings.
 """
 
 
-def add_input_arguments(p: argparse.ArgumentParser) -> None:
-    """The input flags of ``dlqsm reconstruct`` (INPUT and explicit files), shared by infer.
-
-    Kept identical to ``dlqsm reconstruct``'s (a test compares the two parsers).
-    """
-    p.add_argument("input", nargs="?", metavar="INPUT",
-                   help="BIDS dataset/subject folder or QSM-CI artifact folder")
-    g = p.add_argument_group("explicit inputs (override what INPUT provides)")
-    g.add_argument("--phase", nargs="+", metavar="P", help="phase NIfTI (4D over echoes) or "
-                   "one 3D file per echo")
-    g.add_argument("--magnitude", nargs="+", metavar="M", help="magnitude NIfTI like --phase")
-    g.add_argument("--te", nargs="+", type=float, metavar="T", help="echo times in s (ms if "
-                   "above 1)")
-    g.add_argument("--field-strength", type=float, metavar="B0", help="tesla")
-    g.add_argument("--mask", metavar="M", help="brain mask NIfTI (used as given)")
-    g.add_argument("--local-field", metavar="LF", help="local field NIfTI (ppm): network only")
-    g.add_argument("--total-field", metavar="TF", help="total field NIfTI (ppm): background "
-                   "removal + network")
-    g.add_argument("--b0-dir", nargs=3, type=float, metavar=("X", "Y", "Z"),
-                   help="B0 direction in voxel coordinates (default: from the affine)")
-    g.add_argument("--voxel-size", nargs="+", type=float, metavar="MM",
-                   help="voxel size in mm (default: from the affine)")
-    g.add_argument("--phase-sign", type=int, choices=(1, -1), default=1,
-                   help="-1 flips the phase (e.g. GE)")
-    g.add_argument("--rescale-phase", action="store_const", const=True, default=None,
-                   help="map a phase that is not in radians linearly onto [-pi, pi)")
-    g.add_argument("--coil-axis", type=int, choices=(3, 4), help="NIfTI axis of uncombined "
-                   "coils (default 4 for 5D images)")
-    g.add_argument("--subject", help="BIDS subject to use when INPUT holds several")
-    g.add_argument("--select", metavar="TEXT", help="use the BIDS run whose file names "
-                   "contain TEXT (e.g. run-2, ses-02)")
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``infer`` on the dispatcher's subparsers."""
-    from dlqsm.cli.reconstruct import BFR, ECHO_FIT, UNWRAP
+    from dlqsm.cli.reconstruct import BFR, ECHO_FIT, UNWRAP, add_input_arguments
 
     p = subparsers.add_parser(
         "infer", help="learned QSM of one scan (raw phase or field map -> chi, ppm)",
         description="Learned QSM: classical field mapping and background removal when needed, "
         "then a trained network for the dipole inversion, at any B0 direction and voxel size.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_input_arguments(p)
+    add_input_arguments(p, after_field="network")
     p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
     m = p.add_argument_group("model")
     m.add_argument("--checkpoint", metavar="PATH", help="trained model (.ckpt from dlqsm train "

@@ -38,28 +38,25 @@ mask); record.json with inputs, parameters (defaults included), B0 geometry, tim
 """
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``reconstruct`` on the dispatcher's subparsers."""
-    p = subparsers.add_parser(
-        "reconstruct", help="classical QSM of one scan (raw phase or field map -> chi, ppm)",
-        description="Classical QSM: coil combination, masking, unwrapping, echo fit, "
-        "background removal and dipole inversion of one scan.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_input_arguments(p: argparse.ArgumentParser, *, after_field: str = "inversion") -> None:
+    """The input flags (INPUT and explicit files) of ``dlqsm reconstruct`` and ``dlqsm infer``.
+
+    ``after_field`` names what follows a given field map in the help (inversion or network).
+    """
     p.add_argument("input", nargs="?", metavar="INPUT",
                    help="BIDS dataset/subject folder or QSM-CI artifact folder")
-    p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
     g = p.add_argument_group("explicit inputs (override what INPUT provides)")
     g.add_argument("--phase", nargs="+", metavar="P", help="phase NIfTI (4D over echoes) or "
                    "one 3D file per echo")
-    g.add_argument("--magnitude", nargs="+", metavar="M", help="magnitude NIfTI like --phase "
-                   "(with a field input: used for weighting / MEDI edges)")
+    g.add_argument("--magnitude", nargs="+", metavar="M", help="magnitude NIfTI like --phase")
     g.add_argument("--te", nargs="+", type=float, metavar="T", help="echo times in s (ms if "
                    "above 1)")
     g.add_argument("--field-strength", type=float, metavar="B0", help="tesla")
     g.add_argument("--mask", metavar="M", help="brain mask NIfTI (used as given)")
-    g.add_argument("--local-field", metavar="LF", help="local field NIfTI (ppm): inversion only")
+    g.add_argument("--local-field", metavar="LF", help="local field NIfTI (ppm): "
+                   f"{after_field} only")
     g.add_argument("--total-field", metavar="TF", help="total field NIfTI (ppm): background "
-                   "removal + inversion")
+                   f"removal + {after_field}")
     g.add_argument("--b0-dir", nargs=3, type=float, metavar=("X", "Y", "Z"),
                    help="B0 direction in voxel coordinates (default: from the affine)")
     g.add_argument("--voxel-size", nargs="+", type=float, metavar="MM",
@@ -73,6 +70,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--subject", help="BIDS subject to use when INPUT holds several")
     g.add_argument("--select", metavar="TEXT", help="use the BIDS run whose file names "
                    "contain TEXT (e.g. run-2, ses-02)")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``reconstruct`` on the dispatcher's subparsers."""
+    p = subparsers.add_parser(
+        "reconstruct", help="classical QSM of one scan (raw phase or field map -> chi, ppm)",
+        description="Classical QSM: coil combination, masking, unwrapping, echo fit, "
+        "background removal and dipole inversion of one scan.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_input_arguments(p)
+    p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
     m = p.add_argument_group("methods")
     m.add_argument("--unwrap", choices=UNWRAP, default="romeo")
     m.add_argument("--echo-fit", choices=ECHO_FIT, default="wls")
