@@ -578,7 +578,8 @@ class HeadCase:
 
     Attributes:
         chi: ppm, referenced to the mean inside ``mask`` and zero outside it (ground truth).
-        chi_all: ppm relative to CSF over the whole volume (air +9.4, skull ~ -2).
+        chi_all: ppm relative to CSF over the whole volume (air +9.4, skull ~ -2), with the
+            partial-volume edges of :func:`partial_volume` (the source of every field).
         labels: int64 label map (:data:`LABELS`). mask: bool brain mask. head_mask: bool.
         local_field: ppm, ``mask * D(mask * chi)`` (zero outside the mask).
         total_field: ppm over the whole volume: D(chi_all - air) + shim (every source, air
@@ -621,11 +622,63 @@ class HeadCase:
     sensitivities: torch.Tensor | None = None
 
 
+INTRACRANIAL_LABELS = tuple(range(LABELS["csf"], LABELS["haemorrhage"] + 1))
+"""Labels inside the cranial cavity (CSF, brain, nuclei, veins, lesions)."""
+
+PARTIAL_VOLUME_SIGMA = (0.3, 0.8)
+"""Default partial-volume blur (Gaussian sigma in voxels) of the intracranial sources and of
+the sources outside the cranial cavity (skull, air, soft tissue); see :func:`partial_volume`.
+0.3 voxel is about the std of a one-voxel box average (1 / sqrt(12)); bone and air edges get
+0.8 voxel, which makes their background field discretely harmonic in the brain (with sharp
+edges its Laplacian there exceeds the local field's; with these, a few percent of it)."""
+
+
+def partial_volume(chi: torch.Tensor, labels: torch.Tensor,
+                   sigma_voxels: tuple[float, float] = PARTIAL_VOLUME_SIGMA) -> torch.Tensor:
+    """Partial-volume (anti-aliased) susceptibility edges for a head label map.
+
+    A voxel-sharp phantom has edges far sharper than real anatomy sampled by MRI voxels: its
+    spectrum reaches the Nyquist frequency at full strength, where the sampled dipole kernel
+    jumps at the k-space border (with an oblique B0 it is discontinuous there), so sharp
+    sources ring, and a 9.4 ppm air or -2 ppm bone edge makes a background field that is far
+    from discretely harmonic inside the brain (no background removal can then remove it).
+    Real tissue boundaries are partial-volume blends over at least a voxel. This blurs the
+    sources inside the cranial cavity (:data:`INTRACRANIAL_LABELS`) and outside it
+    separately, ``chi' = G_in * (c chi) + G_out * ((1 - c) chi - AIR) + AIR`` with c the cavity
+    indicator and zero padding (so air continues beyond the volume, as in the total field);
+    the cavity rim is CSF (0 ppm), so the two parts blend without a seam, and bone and air
+    edges can be blurred more than the brain's internal anatomy. Before blurring, the outside
+    sources within ``ceil(2 sigma_out)`` voxels of the cavity are set to 0 ppm (CSF), so the
+    blurred bone and air stay outside the cavity (less than 1 % of their value leaks in) and
+    the brain mask keeps no bone: the CSF layer gets thicker by about one voxel.
+
+    Args:
+        chi: (X, Y, Z) ppm relative to CSF (the :class:`HeadPhantom` ``chi``).
+        labels: (X, Y, Z) int64 :data:`LABELS` map.
+        sigma_voxels: (inside, outside) Gaussian sigma in voxels (0 leaves that part sharp).
+
+    Returns:
+        (X, Y, Z) float32 ppm, equal to ``chi`` where both parts are uniform over a few sigma.
+    """
+    from dlqsm.pipeline.masking import gaussian_smooth
+
+    s_in, s_out = (float(v) for v in sigma_voxels)
+    cav = torch.isin(labels, torch.tensor(INTRACRANIAL_LABELS, device=labels.device))
+    inside = torch.where(cav, chi, torch.zeros_like(chi))
+    gap = math.ceil(2 * s_out)  # keep the blurred bone/air out of the cavity (and the mask)
+    shell = cav.float()[None, None]
+    for _ in range(gap):
+        shell = torch.nn.functional.max_pool3d(shell, 3, stride=1, padding=1)
+    outside = torch.where(shell[0, 0] > 0, torch.zeros_like(chi), chi) - AIR_PPM
+    return (gaussian_smooth(inside, s_in) + gaussian_smooth(outside, s_out) + AIR_PPM).float()
+
+
 def simulate_head_case(shape: Sequence[int] = (164, 205, 205), voxel_size=(1.0, 1.0, 1.0),
                        b0_dir=(0.0, 0.0, 1.0), seed: int = 0, *, signal: bool = True,
                        b0_tesla: float = 3.0, te=(0.004, 0.010, 0.016, 0.022),
                        snr: float | None = None, phase_offset: bool = True,
                        shim_ppm: float = 0.0, padding=0, n_coils: int = 0,
+                       partial_volume_sigma: tuple[float, float] = PARTIAL_VOLUME_SIGMA,
                        device=None, **phantom_kwargs) -> HeadCase:
     """Simulate a head phantom scan: chi, masks, local and total fields, multi-echo GRE data.
 
@@ -642,6 +695,9 @@ def simulate_head_case(shape: Sequence[int] = (164, 205, 205), voxel_size=(1.0, 
         shim_ppm: amplitude of a random second-order shim residual added to the total field.
         padding: zero padding (voxels per side) of the dipole convolutions.
         n_coils: > 0 adds per-coil data with smooth sensitivities.
+        partial_volume_sigma: (inside, outside) the cranial cavity, Gaussian sigma in voxels
+            of the partial-volume edges (:func:`partial_volume`); (0, 0) keeps the phantom's
+            voxel-sharp edges (whose background field no method can remove exactly).
         **phantom_kwargs: passed to :func:`head_phantom` (lesion_prob, scale, variation, ...).
     """
     from dlqsm.simulation.acquisition import (
@@ -658,13 +714,16 @@ def simulate_head_case(shape: Sequence[int] = (164, 205, 205), voxel_size=(1.0, 
     vox = np.asarray(ph.voxel_size)
     b0 = np.asarray(b0_dir, dtype=np.float64) / np.linalg.norm(b0_dir)
     mask = ph.brain_mask
-    chi = reference_chi(ph.chi, mask)
+    chi_all = ph.chi
+    if max(partial_volume_sigma) > 0:
+        chi_all = partial_volume(ph.chi, ph.labels, partial_volume_sigma)
+    chi = reference_chi(chi_all, mask)
     local = local_field(chi, mask, vox, b0, padding=padding)
     inside_part = forward_field(chi, vox, b0, padding=padding)
     shim = (shim_field(shape, vox, shim_ppm, g, device=ph.chi.device) if shim_ppm > 0
             else torch.zeros_like(ph.chi))
-    total = forward_field(ph.chi - AIR_PPM, vox, b0, padding=padding) + shim
-    case = HeadCase(chi=chi, chi_all=ph.chi, labels=ph.labels, mask=mask,
+    total = forward_field(chi_all - AIR_PPM, vox, b0, padding=padding) + shim
+    case = HeadCase(chi=chi, chi_all=chi_all, labels=ph.labels, mask=mask,
                     head_mask=ph.head_mask, local_field=local, total_field=total,
                     background_field=total - inside_part, shim=shim, b0_dir=b0, voxel_size=vox,
                     affine=affine_for(shape, vox, b0), phantom=ph)
