@@ -238,6 +238,12 @@ def test_outside_mask_values_ignored(axial):
         assert torch.isfinite(res.local_field).all()
 
 
+def test_progress_bar(axial, capsys):
+    total, _, mask = axial
+    res = remove_background(total, mask, method="lbv", progress=True)
+    assert "LBV" in capsys.readouterr().err and res.info["iterations"] > 0
+
+
 def test_validation_errors():
     f = torch.zeros(16, 16, 16)
     m = torch.zeros(16, 16, 16, dtype=torch.bool)
