@@ -9,6 +9,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Tiny volumes: one intra-op thread is faster than several (thread start-up and contention
+# dominate) and keeps timings steady on shared CPUs. DLQSM_TEST_THREADS overrides.
+torch.set_num_threads(int(os.environ.get("DLQSM_TEST_THREADS", "1")))
+
 
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():

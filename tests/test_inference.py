@@ -30,15 +30,6 @@ from dlqsm.physics.geometry import rotation_matrix
 Z = np.array([0.0, 0.0, 1.0])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny volumes: one intra-op thread is faster, above all on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def oblique(angle_deg, axis=(1.0, 0.3, 0.0)):
     return rotation_matrix(axis, np.radians(angle_deg)) @ Z
 

@@ -7,21 +7,11 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from dlqsm.cli import evaluate as cli
 from dlqsm.cli.main import main
 
 TINY = ["--shape", "24", "28", "26", "--voxel-size", "8"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny volumes: one intra-op thread is faster, above all on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _run(*argv):

@@ -19,15 +19,6 @@ SHAPE = (20, 22, 18)
 TILT = 20.0  # degrees between B0 and the voxel z axis
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny volumes: one intra-op thread is faster, above all on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _affine(tilt=TILT):
     a = np.eye(4)
     a[:3, :3] = rotation_matrix([1, 0, 0], math.radians(tilt)) * np.array([1.0, 1.0, 1.5])

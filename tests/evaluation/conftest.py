@@ -13,15 +13,3 @@ HEAD_TILT = 20.0
 def tiny_heads():
     """Two 32x40x36 heads at 6 mm with B0 tilted by 20 degrees (seeds 10**6, 10**6 + 1)."""
     return simulated_heads(2, HEAD_SHAPE, HEAD_VOXEL, b0_tilt_deg=HEAD_TILT)
-
-
-@pytest.fixture(autouse=True, scope="package")
-def _one_torch_thread():
-    """Tiny volumes: one intra-op thread is faster, and much faster on a shared, busy CPU
-    (idle OpenMP workers spin while waiting for a core). Restored afterwards."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

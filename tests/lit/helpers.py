@@ -14,8 +14,6 @@ from omegaconf import open_dict
 from dlqsm.lit.train import config_dir
 from dlqsm.physics.dipole import DipoleOperator
 
-torch.set_num_threads(1)  # tiny 3D convolutions on a shared CPU: threads only add contention
-
 
 class TinyQSMDataset(torch.utils.data.Dataset):
     """Random spheres in a spherical mask; field = D chi (1 mm, B0 tilted per sample).

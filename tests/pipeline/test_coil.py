@@ -12,15 +12,6 @@ from dlqsm.pipeline.coil import coil_phase_offsets, combine_coils, sos_magnitude
 TWO_PI = 2 * math.pi
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny volumes: one thread avoids oversubscription on shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def simulate_coils(te, n=32, coils=4, sigma=0.0, seed=0):
     """(C, E, X, Y, Z) complex data, the field phase omega (rad/s) and the object mask.
 

@@ -15,15 +15,6 @@ B0 = 3.0
 TE = (0.004, 0.008, 0.012)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny volumes: one thread avoids oversubscription on shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def simulate(n=32, te=TE, sigma=0.0, seed=0):
     """Complex multi-echo signal with a smooth field (Hz) spanning wraps and a phase offset.
 

@@ -7,7 +7,6 @@ is what still separates the chain from the target of < 50 %.
 """
 
 import pytest
-import torch
 
 from dlqsm.io.scan import Scan
 from dlqsm.metrics.functional import nrmse
@@ -17,7 +16,6 @@ from dlqsm.simulation.head import simulate_head_case
 
 @pytest.mark.slow
 def test_raw_head_to_chi_nrmse():
-    torch.set_num_threads(1)
     case = simulate_head_case((82, 103, 103), 1.0, seed=0, snr=50.0,
                               te=(0.004, 0.010, 0.016, 0.022), lesion_prob=0.0)
     scan = Scan(phase=case.phase.numpy(), magnitude=case.magnitude.numpy(), te=case.te.numpy(),

@@ -22,15 +22,6 @@ from dlqsm.pipeline.masking import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny volumes: one thread avoids oversubscription on shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def ball_structure(radius_mm, vox):
     """Reference structuring element for scipy: voxels within radius_mm of the centre."""
     r = [int(np.floor(radius_mm / h + 1e-9)) for h in vox]

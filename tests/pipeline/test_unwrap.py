@@ -27,15 +27,6 @@ TWO_PI = 2 * math.pi
 REAL = Path("/work/shared/data/multiecho_small")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny volumes: one thread avoids oversubscription on shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def grid(n=40):
     c = torch.linspace(-1, 1, n)
     return torch.meshgrid(c, c, c, indexing="ij")
@@ -288,7 +279,6 @@ def test_multi_echo_field_on_simulated_head_has_no_2pi_errors(b0):
     from dlqsm.pipeline.echoes import fit_echoes
     from dlqsm.simulation.head import simulate_head_case
 
-    torch.set_num_threads(1)
     case = simulate_head_case((40, 50, 50), 1.0, b0, seed=0, snr=50.0,
                               te=(0.004, 0.010, 0.016, 0.022))
     m = case.mask

@@ -23,7 +23,6 @@ def _laplacian(x):
 
 
 def _background_laplacian_ratio(sigma):
-    torch.set_num_threads(1)
     case = simulate_head_case((48, 60, 60), 1.0, (0.3, 0.0, 0.95), seed=0, signal=False,
                               lesion_prob=0.0, partial_volume_sigma=sigma)
     inner = erode_mask(case.mask, 1.0)
