@@ -10,11 +10,11 @@ centre of the mask's bounding box; in-plane aspect follows the voxel size.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from dlqsm.io.atomic import atomic_path
 
 VIEWS = (("axial", 2), ("coronal", 1), ("sagittal", 0))
 
@@ -29,18 +29,12 @@ def _plt():
 
 
 def _save(fig, path) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.stem}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, p)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
     finally:
         _plt().close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return p
+    return Path(path)
 
 
 def centre_of_mask(mask: np.ndarray) -> tuple[int, int, int]:

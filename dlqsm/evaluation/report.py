@@ -12,9 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -117,16 +114,3 @@ def markdown(summary: list[dict], roi_names: list[str], *, title: str, notes: li
     return "\n".join(lines)
 
 
-def write_text_atomic(path, text: str) -> Path:
-    """Write text to ``path`` atomically (temporary file in the same folder, then rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return p

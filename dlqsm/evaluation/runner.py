@@ -28,7 +28,8 @@ from dlqsm.errors import InputError
 from dlqsm.evaluation import figures as figs
 from dlqsm.evaluation.cases import EVAL_SEED_BASE, EvalCase, folder_cases, simulated_heads
 from dlqsm.evaluation.methods import MethodRunner, MethodSpec, parse_methods
-from dlqsm.evaluation.report import markdown, score, summarize, to_csv, write_text_atomic
+from dlqsm.evaluation.report import markdown, score, summarize, to_csv
+from dlqsm.io.atomic import write_text_atomic
 
 TABLES = ("metrics.csv", "summary.csv", "roi_means.csv", "summary.md", "record.json")
 

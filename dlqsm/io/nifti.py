@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import nibabel as nib
 import numpy as np
 
 from dlqsm.errors import InputError
+from dlqsm.io.atomic import atomic_path
 from dlqsm.physics.geometry import voxel_size_from_affine
 
 
@@ -74,13 +73,6 @@ def load_nifti(path, *, ndim: int | tuple[int, ...] | None = None, finite: bool 
                        header=img.header)
 
 
-def default_file_mode() -> int:
-    """Permissions of a newly created file under the current umask (mkstemp would give 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def save_nifti(path, data, affine, *, dtype=np.float32, header=None) -> Path:
     """Write a NIfTI atomically (temporary file in the same folder, then rename).
 
@@ -92,18 +84,10 @@ def save_nifti(path, data, affine, *, dtype=np.float32, header=None) -> Path:
     if isinstance(data, torch.Tensor):
         data = data.detach().cpu().numpy()
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(np.asarray(data, dtype=dtype), np.asarray(affine, dtype=np.float64))
     img.set_sform(img.affine, code=1)
     img.set_qform(img.affine, code=1)
     suffix = ".nii.gz" if p.name.endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(p, suffix=suffix) as tmp:
+        nib.save(img, str(tmp))
     return p

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from dlqsm.errors import OutputExistsError
-from dlqsm.io.nifti import default_file_mode, save_nifti
+from dlqsm.io.atomic import write_text_atomic
+from dlqsm.io.nifti import save_nifti
 
 
 def _jsonable(obj):
@@ -33,19 +32,7 @@ def _jsonable(obj):
 
 def write_json_atomic(path, obj) -> Path:
     """Write ``obj`` as indented JSON atomically (numpy values converted)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(obj), f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return p
+    return write_text_atomic(path, json.dumps(_jsonable(obj), indent=2) + "\n")
 
 
 def software_versions() -> dict:

@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dlqsm.errors import InputError
+from dlqsm.io.atomic import default_dir_mode
 from dlqsm.io.nifti import save_nifti
 from dlqsm.io.outputs import software_versions, write_json_atomic
 from dlqsm.simulation.acquisition import affine_for
@@ -144,7 +145,7 @@ def write_dataset(dataset, out_dir, *, indices=None, compress: bool = True,
 def _write_atomic(out: Path, sample: dict, meta: dict, compress: bool) -> None:
     final = out / SAMPLE_FMT.format(meta["index"])
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=_TMP_PREFIX))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+    os.chmod(tmp, default_dir_mode())  # mkdtemp makes 0700 folders
     try:
         write_sample(tmp, sample, meta, compress=compress)
         if final.exists():
@@ -153,12 +154,6 @@ def _write_atomic(out: Path, sample: dict, meta: dict, compress: bool) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def write_manifest(out_dir) -> Path:
