@@ -15,8 +15,10 @@ grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/ex
 mkdir -p .whl
 plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
       --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any)
-for pkg in monai nibabel hydra-core omegaconf antlr4-python3-runtime==4.9.3; do
+for pkg in monai==1.6.1 nibabel==5.4.2 hydra-core==1.3.8 omegaconf==2.3.1; do
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp "${plat[@]}" -d .whl "$pkg"
 done
+# hydra-core 1.3 needs antlr4 4.9.3, published as a source archive only: build its wheel here
+python3 -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3
 ls -la .whl
