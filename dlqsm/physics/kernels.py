@@ -30,9 +30,9 @@ def smv_kernel(shape, voxel_size, radius_mm: float, *, device=None,
     Multiplying a field's spectrum by S gives its spherical mean over a ball of ``radius_mm``;
     harmonic (background) fields are unchanged by it, so (1 - S) removes them.
     """
-    ball = sphere_mask(shape, voxel_size, radius_mm, device=device).to(torch.float64)
-    ball = ball / ball.sum()
-    return rfft3(ball).real.to(dtype)
+    ball = sphere_mask(shape, voxel_size, radius_mm, device=device)
+    ball = ball.to(dtype) / ball.sum().item()
+    return rfft3(ball).real
 
 
 def laplacian_kernel(shape, voxel_size=(1.0, 1.0, 1.0), *, device=None,
