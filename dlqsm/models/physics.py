@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from dlqsm.physics.dipole import DipoleOperator
+from dlqsm.physics.dipole import DipoleOperator, tkd_filter
+
+__all__ = ["BatchDipole", "batch_dipole", "tkd", "tkd_filter"]
 
 DEFAULT_B0 = (0.0, 0.0, 1.0)
 DEFAULT_VOXEL = (1.0, 1.0, 1.0)
@@ -95,19 +97,6 @@ def batch_dipole(field: torch.Tensor, voxel_size=None, b0_dir=None, *, padding=0
     """The :class:`BatchDipole` matching a batch ``field`` (B, C, X, Y, Z) on its device."""
     return BatchDipole(field.shape[-3:], voxel_size, b0_dir, field.shape[0], padding=padding,
                        device=field.device, dtype=torch.float32)
-
-
-def tkd_filter(kernel: torch.Tensor, threshold: float = 0.19) -> torch.Tensor:
-    """Truncated k-space division filter: 1/D where |D| > t, else sign(D)/t (0 at D = 0).
-
-    Args:
-        kernel: dipole kernel D(k) (any shape).
-        threshold: truncation level t (0 < t <= 2/3); smaller values amplify noise more.
-    """
-    sign = torch.where(kernel >= 0, 1.0, -1.0).to(kernel.dtype)
-    safe = torch.where(kernel.abs() > threshold, kernel, sign * threshold)
-    inv = 1.0 / safe
-    return torch.where(kernel == 0, torch.zeros_like(inv), inv)
 
 
 def tkd(field: torch.Tensor, op: BatchDipole, threshold: float = 0.19) -> torch.Tensor:

@@ -87,6 +87,19 @@ def dipole_kernel(shape: Sequence[int], voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0,
     return d.unsqueeze(1)
 
 
+def tkd_filter(kernel: torch.Tensor, threshold: float = 0.19) -> torch.Tensor:
+    """Truncated k-space division filter: 1/D where |D| > t, else sign(D)/t (0 at D = 0).
+
+    Args:
+        kernel: dipole kernel D(k) (any shape).
+        threshold: truncation level t (0 < t <= 2/3); smaller values amplify noise more.
+    """
+    sign = torch.where(kernel >= 0, 1.0, -1.0).to(kernel.dtype)
+    safe = torch.where(kernel.abs() > threshold, kernel, sign * threshold)
+    inv = 1.0 / safe
+    return torch.where(kernel == 0, torch.zeros_like(inv), inv)
+
+
 class DipoleOperator(LinearOperator):
     """chi (ppm) -> field (ppm): zero-pad, multiply by D(k) in k-space, crop.
 
