@@ -325,7 +325,7 @@ def tsvd(field, mask, *, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), wei
 
 
 def tikhonov(field, mask, *, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), weight=None,
-             magnitude=None, padding=0, progress=False, lam=5e-3,
+             magnitude=None, padding=0, progress=False, lam=0.01,
              regularizer="gradient") -> InversionResult:
     """Closed-form Tikhonov: argmin ||D chi - f||^2 + lam ||R chi||^2 over the whole grid.
 
@@ -363,7 +363,7 @@ def _regularizer_k(prob: _Problem, regularizer: str) -> torch.Tensor:
 
 
 def ilsqr(field, mask, *, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), weight=None,
-          magnitude=None, padding=0, progress=False, lam=2e-3, regularizer="gradient",
+          magnitude=None, padding=0, progress=False, lam=0.01, regularizer="gradient",
           support="mask", solver="cg", max_iter=100, tol=1e-3) -> InversionResult:
     """Weighted least squares: argmin ||W (D S chi - f)||^2 + lam ||R S chi||^2, iteratively.
 
@@ -687,7 +687,7 @@ def ndi(field, mask, *, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), weig
 
 
 def rts(field, mask, *, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), weight=None,
-        magnitude=None, padding=0, progress=False, delta=0.15, lsmr_iter=20, support="mask",
+        magnitude=None, padding=0, progress=False, delta=0.15, lsmr_iter=8, support="mask",
         mu=200.0, rho=10.0, alpha=1.0, tau=0.7, gamma=5.0, max_iter=20,
         tol=0.01) -> InversionResult:
     """Rapid two-step inversion (Kames et al. 2018).
@@ -701,6 +701,12 @@ def rts(field, mask, *, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), weig
     by ADMM started at chi_1 with a closed-form k-space chi update; the penalty ``rho`` grows by
     ``gamma`` whenever the primal residual falls by less than a factor ``tau`` (the published
     continuation). Stops when the relative update < ``tol`` or after ``max_iter`` iterations.
+
+    Defaults differ from the published ones (mu = 1e5, 4 LSMR iterations), which in this ppm
+    scaling make step 2 a hard constraint that keeps the noise of step 1. ``lsmr_iter`` trades
+    detail for robustness: 4 / 8 / 20 iterations gave 33 / 21 / 13 % NRMSE on the simulated
+    phantoms but 58 / 71 / 94 % against COSMOS on the 2016 challenge's in-vivo field, whose
+    model errors early stopping suppresses; 8 is the default.
     """
     t0 = time.perf_counter()
     prob = _Problem(field, mask, voxel_size=voxel_size, b0_dir=b0_dir, weight=weight,
