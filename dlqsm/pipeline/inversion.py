@@ -55,7 +55,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dlqsm.physics.dipole import dipole_kernel
+from dlqsm.physics.dipole import dipole_kernel, tkd_filter
 from dlqsm.physics.fft import as_triple, irfft3, rfft3
 from dlqsm.physics.geometry import normalize_voxel_size
 from dlqsm.physics.operators import Gradient
@@ -143,8 +143,11 @@ class _Problem:
         return x
 
     def pad_weight(self, w: torch.Tensor) -> torch.Tensor:
-        """Mask the weight and normalise it to mean 1 inside the mask."""
-        w = self.pad(w) * self.mask
+        """Pad a weight of the input grid, mask it and normalise it to mean 1 in the mask."""
+        return self._normalise(self.pad(w))
+
+    def _normalise(self, w: torch.Tensor) -> torch.Tensor:
+        w = w * self.mask
         mean = w.sum() / self.mask.sum().clamp_min(1)
         if float(mean) <= 0:
             raise ValueError("the weight map is zero everywhere inside the mask")
@@ -155,7 +158,7 @@ class _Problem:
         if self.weight is not None:
             return self.weight
         if use_magnitude and self.magnitude is not None:
-            return self.pad_weight(self.magnitude.abs())
+            return self._normalise(self.magnitude.abs())
         return self.mask
 
     def dipole(self, x: torch.Tensor) -> torch.Tensor:
@@ -285,8 +288,9 @@ def tkd(field, mask, *, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), weig
         magnitude=None, padding=0, progress=False, threshold=0.19) -> InversionResult:
     """Truncated k-space division.
 
-    chi = F^-1[F f / D] where |D| >= threshold; below it 1/D is replaced by sign(D)/threshold
-    (sign-preserving truncation; D(0) = 0 gives a zero mean). Values are not rescaled.
+    chi = F^-1[F f / D] where |D| > threshold; below it 1/D is replaced by sign(D)/threshold
+    (sign-preserving truncation, :func:`dlqsm.physics.dipole.tkd_filter`, shared with the
+    networks' TKD initialisation; 0 where D = 0, so chi has zero mean). Values are not rescaled.
 
     Args:
         field: local field (ppm), (X, Y, Z). mask: brain mask, (X, Y, Z) (unused here).
@@ -299,10 +303,7 @@ def tkd(field, mask, *, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), weig
     _ignore_weight("tkd", weight)
     prob = _Problem(field, mask, voxel_size=voxel_size, b0_dir=b0_dir, weight=None,
                     magnitude=None, padding=padding)
-    d = prob.D
-    inv = torch.where(d.abs() >= threshold, 1 / torch.where(d == 0, 1.0, d),
-                      torch.sign(d) / threshold)
-    chi = irfft3(rfft3(prob.f) * inv, prob.shape)
+    chi = irfft3(rfft3(prob.f) * tkd_filter(prob.D, threshold), prob.shape)
     return _result(prob, chi, "tkd", {"threshold": threshold}, t0)
 
 

@@ -252,6 +252,19 @@ def test_anisotropic_voxels_oblique_b0_and_padding(phantom):
     assert nrmse(good.chi, chi, mask) < 0.8 * nrmse(wrong.chi, chi, mask)
 
 
+@pytest.mark.parametrize("method", sorted(TOLERANCE))
+def test_odd_shapes_with_padding_and_all_inputs(phantom, method):
+    """A grid that must be extended to fast FFT lengths, padding, weight and magnitude."""
+    crop = (slice(1, 38), slice(0, 40), slice(0, 39))  # 37 x 40 x 39
+    f, m, mag = (phantom[k][crop] for k in ("field", "mask", "mag"))
+    res = invert(f, m, method=method, padding=2, magnitude=mag, max_iter=3) if (
+        "max_iter" in method_defaults(method)) else invert(f, m, method=method, padding=2)
+    assert res.chi.shape == (37, 40, 39) and bool(torch.isfinite(res.chi).all())
+    if method not in ("tkd", "tsvd", "tikhonov"):
+        res = invert(f, m, method=method, weight=mag + 0.1, magnitude=mag, max_iter=3)
+        assert res.chi.shape == (37, 40, 39) and bool(torch.isfinite(res.chi).all())
+
+
 def test_medi_without_magnitude_runs_without_edges(phantom):
     res = invert(phantom["field"], phantom["mask"], method="medi")
     assert res.info["edges"].startswith("none")
