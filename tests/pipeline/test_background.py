@@ -122,9 +122,53 @@ def test_pdf_deep_interior_and_full_mask(oblique):
     err = res.local_field - local
     err = err - err[mask].mean()
     loc = local - local[mask].mean()
-    assert float(err[deep].norm() / loc[deep].norm()) < 0.3  # measured 0.19
+    assert float(err[deep].norm() / loc[deep].norm()) < 0.3  # measured 0.22 (0.26 gap 0)
     assert res.info["iterations"] > 5
 
+
+
+def _rim_phantom(b0, n=N):
+    """(total, local, mask): 0.3 ppm balls cut by the mask rim (like veins at the brain surface)
+    plus a skull shell and air starting 3.6-4.3 voxels outside the mask, ppm."""
+    g = torch.Generator().manual_seed(3)
+    x, y, z = _coords(n)
+    ax = torch.tensor([0.34, 0.4, 0.3]) * n
+    r = ((x / ax[0]) ** 2 + (y / ax[1]) ** 2 + (z / ax[2]) ** 2).sqrt()
+    mask = r <= 1
+    inner = torch.zeros(n, n, n)
+    for _ in range(12):
+        d = torch.randn(3, generator=g)
+        ctr = d / d.norm() * ax * 0.88
+        dist = ((x - ctr[0]) ** 2 + (y - ctr[1]) ** 2 + (z - ctr[2]) ** 2).sqrt()
+        inner[(dist <= 2.5) & mask] = 0.3
+    outer = torch.zeros(n, n, n)
+    outer[(r > 1.3) & (r <= 1.45)] = -2.0
+    outer[r > 1.45] = 9.4
+    op = DipoleOperator((n, n, n), (1, 1, 1), b0, padding=n // 4)
+    k2 = sum(k ** 2 for k in kspace_grid(op.padded_shape))
+    kernel = op.kernel * torch.exp(-2 * math.pi ** 2 * 0.7 ** 2 * k2)
+    return op.apply_kspace(inner + outer, kernel), op.apply_kspace(inner, kernel), mask
+
+
+@pytest.mark.parametrize("b0", [(0.0, 0.0, 1.0), OBLIQUE])
+def test_pdf_gap_keeps_rim_sources(b0):
+    """Sources allowed right next to the mask explain part of the field of brain sources at the
+    rim; keeping PDF's sources gap_mm (default 4) away leaks less of it into the background."""
+    total, local, mask = _rim_phantom(b0)
+    assert method_defaults("pdf")["gap_mm"] == 4.0
+    res = remove_background(total, mask, method="pdf", b0_dir=b0)
+    old = remove_background(total, mask, method="pdf", b0_dir=b0, gap_mm=0)
+    err, err_old = _errors(res, total, local)[0], _errors(old, total, local)[0]
+    # measured 0.49 vs 0.65 (axial), 0.56 vs 0.66 (oblique)
+    assert err < 0.9 * err_old, (err, err_old)
+    assert res.info["params"]["gap_mm"] == 4.0 and torch.equal(res.mask, mask)
+
+
+def test_pdf_gap_larger_than_padding():
+    """The crop grows with the gap: a 12 mm gap at padding 0 still leaves sources to fit."""
+    total, local, mask = _rim_phantom((0.0, 0.0, 1.0))
+    res = remove_background(total, mask, method="pdf", padding=0, gap_mm=12.0, max_iter=5)
+    assert res.info["iterations"] > 0 and torch.isfinite(res.local_field).all()
 
 def _harmonic(vox, n=40, quadratic=True):
     x, y, z = _coords(n, vox, shift=0.3)
@@ -262,6 +306,8 @@ def test_validation_errors():
         remove_background(f, m, method="sharp", radius=-1)
     with pytest.raises(InputError, match="padding"):
         remove_background(f, m, method="pdf", padding=2.5)
+    with pytest.raises(InputError, match="gap_mm"):
+        remove_background(f, m, method="pdf", gap_mm=-1)
     with pytest.raises(InputError, match="empty after eroding"):
         remove_background(f, m, method="sharp", radius=6)
     bad = f.clone()
