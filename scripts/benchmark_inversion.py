@@ -10,7 +10,8 @@ Reported per method: median wall time over ``--repeats`` runs, peak memory, iter
 NRMSE (%, masked and demeaned), HFEN (%) and XSIM from ``dlqsm.metrics.functional`` when
 available (NRMSE computed locally otherwise). Peak memory (first run, above the level at its
 start) is ``torch.cuda.max_memory_allocated`` on CUDA; on CPU it is the process's resident set
-size sampled every 5 ms by a thread (Linux /proc/self/statm), so brief spikes may be missed.
+size sampled every 5 ms by a thread (Linux /proc/self/statm) after ``malloc_trim`` (so memory
+kept by earlier methods does not hide this one's), so brief spikes may be missed.
 The magnitude given to MEDI carries Gaussian noise (std 0.05) so that its edge mask is not an
 exact copy of the chi edges.
 
@@ -21,6 +22,7 @@ exact copy of the chi edges.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import platform
 import resource
 import statistics
@@ -127,11 +129,20 @@ def scores(chi, truth, mask):
         return {"nrmse": float(100 * torch.linalg.norm(p - t) / torch.linalg.norm(t))}
 
 
+def _malloc_trim():
+    """Give freed heap memory back to the OS (glibc) so that RSS starts from the live level."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class _PeakMemory:
     """Peak memory of a block in MiB, above the level at its start.
 
     CUDA: ``torch.cuda.max_memory_allocated``. CPU: the resident set size (RSS, from
-    /proc/self/statm) sampled every 5 ms by a thread; short spikes between samples can be missed.
+    /proc/self/statm) sampled every 5 ms by a thread after glibc's ``malloc_trim`` returned
+    freed memory; short spikes between samples can be missed.
     """
 
     def __init__(self, device):
@@ -153,6 +164,7 @@ class _PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
         else:
+            _malloc_trim()
             self._start = self._max = self._rss()
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._sample, daemon=True)

@@ -452,7 +452,7 @@ def _regularizer_ops(prob: _Problem, regularizer: str):
 
 
 def tv(field, mask, *, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), weight=None,
-       magnitude=None, padding=0, progress=False, alpha=4e-4, rho=None, mu=1.0,
+       magnitude=None, padding=0, progress=False, alpha=4e-4, rho=None, mu=0.3,
        data_term="auto", relax=1.8, max_iter=100, tol=0.003) -> InversionResult:
     """Total variation: argmin_chi 1/2 ||W (D chi - f)||^2 + alpha ||grad chi||_{2,1}.
 
