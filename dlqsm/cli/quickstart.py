@@ -56,7 +56,7 @@ def run(args) -> int:
     out = Path(args.out)
     overrides = list(args.overrides or [])
     if args.max_steps is not None:
-        overrides.append(f"trainer.max_steps={args.max_steps}")
+        overrides.append(f"++trainer.max_steps={args.max_steps}")
     methods: list = list(args.methods)
     ckpt = args.checkpoint
     if not args.no_train:

@@ -1,0 +1,26 @@
+"""The README's main job: `dlqsm quickstart` trains, evaluates and writes a comparison."""
+
+import csv
+
+import pytest
+
+from dlqsm.cli.main import main
+
+
+@pytest.mark.slow
+def test_quickstart_trains_and_compares_with_classical(tmp_path, capsys):
+    out = tmp_path / "qs"
+    args = ["quickstart", "-o", str(out), "--heads", "1", "--shape", "40", "48", "40",
+            "--max-steps", "6", "trainer.max_epochs=1", "data.train_dataset.length=24",
+            "cpu_threads=1"]
+    assert main(args) == 0
+    rows = list(csv.DictReader((out / "evaluation" / "summary.csv").open()))
+    assert {r["method"] for r in rows} == {"tkd", "tv", "unet"}
+    for r in rows:
+        assert 0 < float(r["nrmse"]) < 200 and float(r["time_s"]) > 0
+    assert (out / "train" / "checkpoints" / "last.ckpt").is_file()
+    assert list((out / "evaluation" / "figures").glob("*_montage.png"))
+    assert "learned vs classical" in capsys.readouterr().out
+    # a second run refuses to overwrite the first without --force
+    assert main(args) == 2
+    assert "--force" in capsys.readouterr().err
