@@ -1,10 +1,11 @@
 """Benchmark the classical dipole inversions: time, peak memory and round-trip accuracy.
 
-For each shape a piecewise-constant head-like phantom (chi in ppm, mask, magnitude) is built
-(``dlqsm.simulation.head`` when it is importable, else the ellipsoid head below), its local
-field is simulated with the project's dipole operator (zero-padded by a quarter of the shape so
-that the simulation is not periodic, unlike the inversions), Gaussian noise of ``--noise`` ppm
-is added inside the mask, and every method inverts it with its default parameters.
+For each shape a head phantom (chi in ppm, brain mask, magnitude) and its local field are
+built: ``dlqsm.simulation.head`` when it is importable (``--phantom auto``/``head``), else the
+piecewise-constant ellipsoid head below (``--phantom ellipsoid``); both fields come from the
+project's dipole operator zero-padded by a quarter of the shape (not periodic, unlike the
+inversions). Gaussian noise of ``--noise`` ppm is added inside the mask, and every method
+inverts the field with its default parameters.
 
 Reported per method: median wall time over ``--repeats`` runs, peak memory, iterations, and
 NRMSE (%, masked and demeaned), HFEN (%) and XSIM from ``dlqsm.metrics.functional`` when
@@ -91,28 +92,44 @@ def ellipsoid_head(shape, device="cpu"):
     return chi, brain, mag
 
 
-def phantom(shape, device="cpu"):
-    """(chi, mask, magnitude, source) from ``dlqsm.simulation.head`` if usable, else ellipsoids."""
+def head_case(shape, device="cpu"):
+    """(chi, mask, magnitude, local field) from ``dlqsm.simulation.head``, or None.
+
+    The project's simulated head (seed 0): chi referenced to the brain mean, the noise-free
+    local field ``mask * D(mask * chi)`` (zero-padded by a quarter of the shape), and a
+    magnitude M0 exp(-R2* TE) at TE = 20 ms from its tissue parameters.
+    """
     try:
-        from dlqsm.simulation import head  # noqa: F401  (written by another stage later)
-
-        out = head.head_phantom(shape)
-        chi, mask, mag = (getattr(out, k) if hasattr(out, k) else out[k]
-                          for k in ("chi", "mask", "magnitude"))
-        return (torch.as_tensor(chi, dtype=torch.float32, device=device),
-                torch.as_tensor(mask, device=device) != 0,
-                torch.as_tensor(mag, dtype=torch.float32, device=device), "dlqsm.simulation.head")
-    except Exception:  # noqa: BLE001 - any missing or different API falls back
-        return (*ellipsoid_head(shape, device), "ellipsoid head (this script)")
+        from dlqsm.simulation.head import simulate_head_case, tissue_parameters
+    except ImportError:
+        return None
+    case = simulate_head_case(shape, signal=False, padding=tuple(n // 4 for n in shape),
+                              device=device)
+    m0, r2star = tissue_parameters(case.labels)
+    mag = m0 * torch.exp(-0.020 * r2star) * case.mask
+    return case.chi, case.mask, mag.float(), case.local_field
 
 
-def simulate_field(chi, mask, noise, seed=0):
-    """Local field (ppm) of chi, zero-padded by a quarter of the shape, + noise in the mask."""
-    pad = tuple(n // 4 for n in chi.shape)
-    op = DipoleOperator(chi.shape, padding=pad, device=chi.device)
-    gen = torch.Generator(device=chi.device).manual_seed(seed)
-    field = op.forward(chi) + noise * torch.randn(chi.shape, generator=gen, device=chi.device)
-    return field * mask
+def phantom(shape, device="cpu", kind="auto"):
+    """(chi, mask, magnitude, noise-free local field, description) of the test head.
+
+    ``kind``: "head" (dlqsm.simulation.head), "ellipsoid" (this script's piecewise-constant
+    ellipsoids) or "auto" (head when importable).
+    """
+    if kind in ("auto", "head"):
+        out = head_case(shape, device)
+        if out is not None:
+            return (*out, "dlqsm.simulation.head (seed 0)")
+        if kind == "head":
+            raise ImportError("dlqsm.simulation.head is not available")
+    chi, mask, mag = ellipsoid_head(shape, device)
+    return chi, mask, mag, simulate_field(chi, mask), "ellipsoid head (this script)"
+
+
+def simulate_field(chi, mask):
+    """Noise-free local field (ppm) of chi, zero-padded by a quarter of the shape, masked."""
+    op = DipoleOperator(chi.shape, padding=tuple(n // 4 for n in chi.shape), device=chi.device)
+    return op.forward(chi) * mask
 
 
 def scores(chi, truth, mask):
@@ -220,6 +237,8 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--noise", type=float, default=1e-3, help="field noise std in ppm")
+    p.add_argument("--phantom", default="auto", choices=["auto", "head", "ellipsoid"],
+                   help="dlqsm.simulation.head, this script's ellipsoids, or head if available")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--out", default=None, help="also write the markdown table to this file")
     args = p.parse_args(argv)
@@ -229,10 +248,10 @@ def main(argv=None):
     rows, sources = [], set()
     for s in args.shapes:
         shape = tuple(int(v) for v in s.lower().split("x"))
-        truth, mask, mag, source = phantom(shape, device)
+        truth, mask, mag, field, source = phantom(shape, device, args.phantom)
         sources.add(source)
-        field = simulate_field(truth, mask, args.noise)
         gen = torch.Generator(device=device).manual_seed(1)
+        field = (field + args.noise * torch.randn(shape, generator=gen, device=device)) * mask
         mag = (mag + 0.05 * torch.randn(shape, generator=gen, device=device)).abs() * mask
         for method in args.methods:
             row = run_method(method, field, mask, mag, truth, args.repeats, device)
