@@ -276,8 +276,9 @@ def _result(prob: _Problem, chi, method, params, t0, **info) -> InversionResult:
 
 def _ignore_weight(method: str, weight) -> None:
     if weight is not None:
-        warnings.warn(f"{method} is a closed-form k-space method and ignores the weight map; "
-                      "use ilsqr, tv, medi or ndi for a weighted data term.", stacklevel=3)
+        warnings.warn(f"{method} ignores the weight map (its data term covers the whole grid "
+                      "unweighted); use ilsqr, tv (data_term='mask'), medi, ndi or rts for a "
+                      "weighted data term.", stacklevel=3)
 
 
 # --------------------------------------------------------------------------------------------
