@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from dlqsm.physics.fft import DIMS
-
 
 class LinearOperator:
     """Base class: subclasses implement :meth:`forward` and :meth:`adjoint`."""
@@ -48,16 +46,53 @@ class Gradient(LinearOperator):
     def __init__(self, voxel_size=(1.0, 1.0, 1.0)):
         self.voxel_size = tuple(float(v) for v in voxel_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([(torch.roll(x, -1, dims=d) - x) / h
-                            for d, h in zip(DIMS, self.voxel_size, strict=True)], dim=-4)
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., X, Y, Z) -> (..., 3, X, Y, Z), written into ``out`` when given.
 
-    def adjoint(self, g: torch.Tensor) -> torch.Tensor:
-        out = 0
-        for i, (d, h) in enumerate(zip(DIMS, self.voxel_size, strict=True)):
-            gi = g[..., i, :, :, :]
-            out = out + (torch.roll(gi, 1, dims=d) - gi) / h
+        Shifted slices are subtracted into a buffer (no rolled copies); under autograd the
+        same differences are formed out of place so that gradients flow.
+        """
+        if out is None:
+            if torch.is_grad_enabled() and x.requires_grad:
+                return torch.stack([self._diff(x, x.ndim - 3 + i) / h
+                                    for i, h in enumerate(self.voxel_size)], dim=-4)
+            out = x.new_empty((*x.shape[:-3], 3, *x.shape[-3:]))
+        for i, h in enumerate(self.voxel_size):
+            d, o = x.ndim - 3 + i, out.select(-4, i)
+            n = x.shape[d]
+            torch.sub(x.narrow(d, 1, n - 1), x.narrow(d, 0, n - 1), out=o.narrow(d, 0, n - 1))
+            torch.sub(x.narrow(d, 0, 1), x.narrow(d, n - 1, 1), out=o.narrow(d, n - 1, 1))
+            if h != 1.0:
+                o.div_(h)
         return out
+
+    def adjoint(self, g: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., 3, X, Y, Z) -> (..., X, Y, Z): minus the backward divergence, into ``out``."""
+        if out is None and torch.is_grad_enabled() and g.requires_grad:
+            return sum(-self._diff(g.select(-4, i), g.ndim - 4 + i, backward=True) / h
+                       for i, h in enumerate(self.voxel_size))
+        if out is None:
+            out = g.new_empty((*g.shape[:-4], *g.shape[-3:]))
+        for i, h in enumerate(self.voxel_size):
+            gi, d = g.select(-4, i), out.ndim - 3 + i
+            n = out.shape[d]
+            if i == 0:
+                torch.mul(gi, -1.0 / h, out=out)
+            else:
+                out.add_(gi, alpha=-1.0 / h)
+            out.narrow(d, 1, n - 1).add_(gi.narrow(d, 0, n - 1), alpha=1.0 / h)
+            out.narrow(d, 0, 1).add_(gi.narrow(d, n - 1, 1), alpha=1.0 / h)
+        return out
+
+    @staticmethod
+    def _diff(x: torch.Tensor, d: int, backward: bool = False) -> torch.Tensor:
+        """Periodic forward (x[i+1] - x[i]) or backward (x[i] - x[i-1]) difference along d."""
+        n = x.shape[d]
+        if backward:
+            return torch.cat([x.narrow(d, 0, 1) - x.narrow(d, n - 1, 1),
+                              x.narrow(d, 1, n - 1) - x.narrow(d, 0, n - 1)], dim=d)
+        return torch.cat([x.narrow(d, 1, n - 1) - x.narrow(d, 0, n - 1),
+                          x.narrow(d, 0, 1) - x.narrow(d, n - 1, 1)], dim=d)
 
     def kspace_filters(self, shape, *, half: bool = True, device=None, dtype=torch.float32):
         """Transfer functions E_i(k) = (exp(2 pi i n_i / N_i) - 1) / h_i, shape (3, X, Y, Zk).

@@ -172,44 +172,12 @@ class _Problem:
         return (e.real.square() + e.imag.square()).sum(0)
 
     def gradient(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Same as ``Gradient(voxel_size).forward(x)`` for (X, Y, Z) x, written into ``out``."""
-        return grad_into(x, self.voxel_size, out)
+        """``Gradient(voxel_size).forward(x)`` for (X, Y, Z) x, written into ``out``."""
+        return self.grad.forward(x, out)
 
     def gradient_adjoint(self, g: torch.Tensor, out: torch.Tensor | None = None):
-        """Same as ``Gradient(voxel_size).adjoint(g)`` for (3, X, Y, Z) g, into ``out``."""
-        return grad_adjoint_into(g, self.voxel_size, out)
-
-
-def grad_into(x: torch.Tensor, voxel_size, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Periodic forward differences of an (X, Y, Z) volume into a (3, X, Y, Z) buffer.
-
-    Equals :meth:`dlqsm.physics.operators.Gradient.forward` (tested) but writes shifted slices
-    into a preallocated buffer instead of rolling copies: about 5x faster on CPU.
-    """
-    out = torch.empty((3, *x.shape), device=x.device, dtype=x.dtype) if out is None else out
-    for i, h in enumerate(voxel_size):
-        o, n = out[i], x.shape[i]
-        torch.sub(x.narrow(i, 1, n - 1), x.narrow(i, 0, n - 1), out=o.narrow(i, 0, n - 1))
-        torch.sub(x.narrow(i, 0, 1), x.narrow(i, n - 1, 1), out=o.narrow(i, n - 1, 1))
-        if h != 1.0:
-            o.div_(h)
-    return out
-
-
-def grad_adjoint_into(g: torch.Tensor, voxel_size, out: torch.Tensor | None = None):
-    """Adjoint of :func:`grad_into` ((3, X, Y, Z) -> (X, Y, Z), minus a backward divergence).
-
-    Equals :meth:`dlqsm.physics.operators.Gradient.adjoint` (tested).
-    """
-    out = torch.empty(g.shape[1:], device=g.device, dtype=g.dtype) if out is None else out
-    torch.mul(g[0], -1.0 / voxel_size[0], out=out)
-    for i, h in enumerate(voxel_size):
-        gi, n = g[i], g.shape[i + 1]
-        if i:
-            out.add_(gi, alpha=-1.0 / h)
-        out.narrow(i, 1, n - 1).add_(gi.narrow(i, 0, n - 1), alpha=1.0 / h)
-        out.narrow(i, 0, 1).add_(gi.narrow(i, n - 1, 1), alpha=1.0 / h)
-    return out
+        """``Gradient(voxel_size).adjoint(g)`` for (3, X, Y, Z) g, written into ``out``."""
+        return self.grad.adjoint(g, out)
 
 
 class _Loop:

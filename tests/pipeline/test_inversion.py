@@ -11,7 +11,6 @@ from scipy.sparse.linalg import lsqr as scipy_lsqr
 
 from dlqsm.physics.dipole import DipoleOperator, dipole_kernel
 from dlqsm.physics.fft import rfft3
-from dlqsm.physics.operators import Gradient
 from dlqsm.pipeline import inversion as inv
 from dlqsm.pipeline import solvers
 from dlqsm.pipeline.inversion import METHODS, InversionResult, invert, method_defaults
@@ -94,15 +93,6 @@ def test_cg_solves_spd_system_and_stops_on_tolerance():
 
 
 # ------------------------------------------------------------------------- building blocks
-
-
-def test_fast_gradients_equal_physics_gradient():
-    vox = (1.0, 0.8, 1.5)
-    x = torch.randn(6, 7, 5)
-    g = torch.randn(3, 6, 7, 5)
-    ref = Gradient(vox)
-    torch.testing.assert_close(inv.grad_into(x, vox), ref.forward(x))
-    torch.testing.assert_close(inv.grad_adjoint_into(g, vox), ref.adjoint(g))
 
 
 def test_fast_fft_len():
