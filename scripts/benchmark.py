@@ -28,7 +28,7 @@ SUITES = {
     "fieldmap": ["--shapes", "164x205x205", "--echoes", "4", "--repeats", "3"],
     "pipeline": ["--shapes", "164x205x205", "--echoes", "4"],
     "simulation": ["--shapes", "64", "96", "160", "--repeats", "5"],
-    "training": ["--shapes", "64", "128"],
+    "training": ["--shapes", "64:8", "128:2", "--steps", "3", "--warmup", "1"],
     "inference": ["--shapes", "164x205x205", "--repeats", "3"],
 }
 QUICK = {
