@@ -28,15 +28,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import platform
-import statistics
 import sys
-import threading
-import time
 
 import torch
 
+from dlqsm.benchmarking import measure
 from dlqsm.physics.units import GAMMA_HZ_PER_T, ppm_to_phase
 from dlqsm.pipeline.coil import combine_coils
 from dlqsm.pipeline.echoes import fit_echoes
@@ -73,61 +70,6 @@ def simulate(shape, te, b0, coils, noise, device, seed=0):
         data.append((coil + noise * n).to(torch.complex64))
         del n, coil
     return torch.stack(data), field, head
-
-
-class PeakRSS:
-    """Peak resident set size (MiB) above the level at entry, sampled by a thread."""
-
-    def __init__(self, period=0.002):
-        self.period, self.peak, self._stop = period, 0.0, threading.Event()
-
-    @staticmethod
-    def rss_mb():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.rss_mb())
-            time.sleep(self.period)
-
-    def __enter__(self):
-        self.start = self.peak = self.rss_mb()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.rss_mb())
-        self.extra = self.peak - self.start
-
-
-def measure(fn, device, repeats):
-    """(result of the last run, median wall seconds, median process CPU seconds, peak extra
-    MiB of the first run)."""
-    times, cpu, mem, out = [], [], None, None
-    for i in range(repeats):
-        c0 = time.process_time()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-            t0 = time.perf_counter()
-            out = fn()
-            torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - t0)
-            peak = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
-        else:
-            with PeakRSS() as p:
-                t0 = time.perf_counter()
-                out = fn()
-                times.append(time.perf_counter() - t0)
-            peak = p.extra
-        cpu.append(time.process_time() - c0)
-        mem = peak if i == 0 else mem
-    return out, statistics.median(times), statistics.median(cpu), mem
 
 
 def accuracy(field_ppm, truth, mask, te_last, b0):
