@@ -29,7 +29,7 @@ model and its metadata, the B0 geometry and resampling used, and timings.
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``infer`` on the dispatcher's subparsers."""
-    from dlqsm.cli.reconstruct import BFR, ECHO_FIT, UNWRAP, add_input_arguments
+    from dlqsm.cli.reconstruct import add_input_arguments, add_run_arguments, add_stage_arguments
 
     p = subparsers.add_parser(
         "infer", help="learned QSM of one scan (raw phase or field map -> chi, ppm)",
@@ -46,18 +46,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--no-tile", action="store_true", help="force whole-volume inference")
     m.add_argument("--overlap", type=float, default=0.5, help="window overlap (default 0.5)")
     m.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
-    f = p.add_argument_group("field mapping (raw or total-field input)")
-    f.add_argument("--unwrap", choices=UNWRAP, default="romeo")
-    f.add_argument("--echo-fit", choices=ECHO_FIT, default="wls")
-    f.add_argument("--bfr", choices=BFR, default="pdf", help="background removal (default pdf)")
-    f.add_argument("--mask-erosion", type=float, default=0.0, metavar="MM",
-                   help="erode a computed mask by MM (a given mask is never eroded)")
-    f.add_argument("--param", action="append", default=[], metavar="STAGE.KEY=VALUE",
-                   help="field-mapping stage parameter, e.g. bfr.tol=0.01 (repeatable)")
-    r = p.add_argument_group("run")
-    r.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    r.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    add_stage_arguments(p.add_argument_group("field mapping (raw or total-field input)"),
+                        inversion=False)
+    add_run_arguments(p, device="auto")
     p.set_defaults(func=run)
     return p
 

@@ -72,6 +72,33 @@ def add_input_arguments(p: argparse.ArgumentParser, *, after_field: str = "inver
                    "contain TEXT (e.g. run-2, ses-02)")
 
 
+def add_stage_arguments(g, *, inversion: bool) -> None:
+    """Method flags of the classical stages (``inversion=False``: field mapping only, for infer)."""
+    g.add_argument("--unwrap", choices=UNWRAP, default="romeo")
+    g.add_argument("--echo-fit", choices=ECHO_FIT, default="wls")
+    g.add_argument("--bfr", choices=BFR, default="pdf", help="background removal (default pdf: "
+                   "covers the whole mask)")
+    if inversion:
+        g.add_argument("--method", choices=METHODS, default="tv", help="dipole inversion")
+    g.add_argument("--mask-erosion", type=float, default=0.0, metavar="MM",
+                   help="erode a computed mask by MM (a given mask is never eroded)")
+    if inversion:
+        g.add_argument("--param", action="append", default=[], metavar="[STAGE.]KEY=VALUE",
+                       help="stage parameter (repeatable); no STAGE means the inversion")
+    else:
+        g.add_argument("--param", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                       help="field-mapping stage parameter, e.g. bfr.tol=0.01 (repeatable)")
+
+
+def add_run_arguments(p, *, device: str) -> None:
+    """--device, --force and --quiet, shared by the per-scan commands."""
+    r = p.add_argument_group("run")
+    r.add_argument("--device", default=device, help=f"cpu or cuda (default {device})"
+                   if device == "cpu" else f"auto, cpu or cuda (default {device})")
+    r.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``reconstruct`` on the dispatcher's subparsers."""
     p = subparsers.add_parser(
@@ -81,20 +108,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_input_arguments(p)
     p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
-    m = p.add_argument_group("methods")
-    m.add_argument("--unwrap", choices=UNWRAP, default="romeo")
-    m.add_argument("--echo-fit", choices=ECHO_FIT, default="wls")
-    m.add_argument("--bfr", choices=BFR, default="pdf", help="background removal (default pdf: "
-                   "covers the whole mask)")
-    m.add_argument("--method", choices=METHODS, default="tv", help="dipole inversion")
-    m.add_argument("--mask-erosion", type=float, default=0.0, metavar="MM",
-                   help="erode a computed mask by MM (a given mask is never eroded)")
-    m.add_argument("--param", action="append", default=[], metavar="[STAGE.]KEY=VALUE",
-                   help="stage parameter (repeatable); no STAGE means the inversion")
-    r = p.add_argument_group("run")
-    r.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    r.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    add_stage_arguments(p.add_argument_group("methods"), inversion=True)
+    add_run_arguments(p, device="cpu")
     p.set_defaults(func=run)
     return p
 
