@@ -6,6 +6,7 @@ a thread) or CUDA (allocator peak). Not used by the library itself.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import statistics
 import threading
@@ -14,67 +15,82 @@ import time
 import torch
 
 
-class PeakRSS:
-    """Peak resident set size (MiB) above the level at entry, sampled by a thread."""
-
-    def __init__(self, period=0.002):
-        self.period, self.peak, self._stop = period, 0.0, threading.Event()
-
-    @staticmethod
-    def rss_mb():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.rss_mb())
-            time.sleep(self.period)
-
-    def __enter__(self):
-        self.start = self.peak = self.rss_mb()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.rss_mb())
-        self.extra = self.peak - self.start
-
-
-def fixed_mmap_threshold():
-    """Make glibc return freed arrays over 1 MiB to the system (fixed M_MMAP_THRESHOLD), so that
-    the RSS growth of a run measures its own allocations rather than reused heap."""
+def _libc_call(name: str, *args) -> None:
     try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+        getattr(ctypes.CDLL("libc.so.6"), name)(*args)
     except (OSError, AttributeError):
         pass
 
 
+def malloc_trim() -> None:
+    """Give freed heap memory back to the OS (glibc) so that RSS starts from the live level."""
+    _libc_call("malloc_trim", 0)
+
+
+def fixed_mmap_threshold() -> None:
+    """Make glibc return freed arrays over 1 MiB to the system (fixed M_MMAP_THRESHOLD), so that
+    the RSS growth of a run measures its own allocations rather than reused heap."""
+    _libc_call("mallopt", -3, 1 << 20)  # M_MMAP_THRESHOLD
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (bytes), from /proc/self/statm."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak memory of a block in MiB above the level at its start: ``.peak_mb`` after exit.
+
+    CUDA: ``torch.cuda.max_memory_allocated``. CPU: the resident set size sampled every
+    ``period`` seconds by a thread (after ``malloc_trim``); spikes between samples can be missed.
+    """
+
+    def __init__(self, device="cpu", period: float = 0.002):
+        self.device, self.period, self.peak_mb = torch.device(device), period, None
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self._max = max(self._max, rss_bytes())
+            self._stop.wait(self.period)
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        else:
+            malloc_trim()
+            self._start = self._max = rss_bytes()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            peak = max(self._max, rss_bytes())
+        self.peak_mb = (peak - self._start) / 2 ** 20
+
+
 def measure(fn, device, repeats):
     """(last result, median wall s, median CPU s, peak extra MiB of the first run)."""
+    device = torch.device(device)
     times, cpu, mem, out = [], [], None, None
     for i in range(repeats):
         out = None
         c0 = time.process_time()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
+        with PeakMemory(device) as peak:
             t0 = time.perf_counter()
             out = fn()
-            torch.cuda.synchronize(device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             times.append(time.perf_counter() - t0)
-            peak = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
-        else:
-            with PeakRSS() as p:
-                t0 = time.perf_counter()
-                out = fn()
-                times.append(time.perf_counter() - t0)
-            peak = p.extra
         cpu.append(time.process_time() - c0)
-        mem = peak if i == 0 else mem
+        mem = peak.peak_mb if i == 0 else mem
     return out, statistics.median(times), statistics.median(cpu), mem

@@ -23,16 +23,14 @@ exact copy of the chi edges.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import platform
-import resource
 import statistics
 import sys
-import threading
 import time
 
 import torch
 
+from dlqsm.benchmarking import PeakMemory
 from dlqsm.physics.dipole import DipoleOperator
 from dlqsm.pipeline.inversion import METHODS, invert
 
@@ -146,64 +144,11 @@ def scores(chi, truth, mask):
         return {"nrmse": float(100 * torch.linalg.norm(p - t) / torch.linalg.norm(t))}
 
 
-def _malloc_trim():
-    """Give freed heap memory back to the OS (glibc) so that RSS starts from the live level."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-class _PeakMemory:
-    """Peak memory of a block in MiB, above the level at its start.
-
-    CUDA: ``torch.cuda.max_memory_allocated``. CPU: the resident set size (RSS, from
-    /proc/self/statm) sampled every 5 ms by a thread after glibc's ``malloc_trim`` returned
-    freed memory; short spikes between samples can be missed.
-    """
-
-    def __init__(self, device):
-        self.device, self.peak_mb = device, None
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * resource.getpagesize()
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self._max = max(self._max, self._rss())
-            self._stop.wait(0.005)
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = torch.cuda.memory_allocated(self.device)
-        else:
-            _malloc_trim()
-            self._start = self._max = self._rss()
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self._stop.set()
-            self._thread.join()
-            peak = max(self._max, self._rss())
-        self.peak_mb = (peak - self._start) / 2**20
-
-
 def run_method(method, field, mask, magnitude, truth, repeats, device):
     """Median time, peak memory and scores of one method."""
     times, mem, res = [], None, None
     for i in range(repeats):
-        with _PeakMemory(device) as peak:
+        with PeakMemory(device) as peak:
             t0 = time.perf_counter()
             res = invert(field, mask, method=method, magnitude=magnitude)
             if device.type == "cuda":

@@ -20,28 +20,19 @@ import argparse
 import os
 import platform
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from dlqsm.benchmarking import PeakMemory
 from dlqsm.io.scan import Scan
 from dlqsm.metrics.functional import dgm_linearity, nrmse, xsim
 from dlqsm.pipeline.reconstruct import STAGES, reconstruct
 from dlqsm.simulation.head import DGM_LABELS, simulate_head_case
 
 TARGET_S = 30.0
-PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * PAGE
-    except OSError:  # not Linux: the peak is reported as n/a
-        return 0
 
 
 class MemoryProbe:
@@ -53,28 +44,9 @@ class MemoryProbe:
 
     @contextmanager
     def __call__(self, stage: str):
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            base = torch.cuda.memory_allocated(self.device)
+        with PeakMemory(self.device) as peak:
             yield
-            peak = torch.cuda.max_memory_allocated(self.device) - base
-        else:
-            base, peak_rss, stop = _rss_bytes(), [0], threading.Event()
-
-            def sample():
-                while not stop.is_set():
-                    peak_rss[0] = max(peak_rss[0], _rss_bytes())
-                    stop.wait(0.005)
-
-            t = threading.Thread(target=sample, daemon=True)
-            t.start()
-            try:
-                yield
-            finally:
-                stop.set()
-                t.join()
-            peak = max(peak_rss[0], _rss_bytes()) - base
-        self.peaks[stage] = max(peak, 0) / 2 ** 20
+        self.peaks[stage] = max(peak.peak_mb, 0.0)
 
 
 def simulate(shape, n_echoes: int, seed: int):
