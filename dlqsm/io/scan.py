@@ -40,6 +40,7 @@ from dlqsm.physics.geometry import (
     normalize_voxel_size,
     voxel_size_from_affine,
 )
+from dlqsm.physics.units import wrap_phase
 
 PHASE_RANGE_TOL = 0.05
 """Slack (rad) allowed beyond a 2*pi span before phase is declared "not radians"."""
@@ -293,7 +294,7 @@ def _wrap(x: np.ndarray) -> np.ndarray:
     """Wrap to [-pi, pi) (values already there are unchanged)."""
     if x.min() >= -math.pi and x.max() < math.pi:
         return x.astype(np.float32, copy=False)
-    return (np.mod(x + math.pi, 2 * math.pi) - math.pi).astype(np.float32)
+    return wrap_phase(x).astype(np.float32)
 
 
 def _notice(notices, path, text) -> None:

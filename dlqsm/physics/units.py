@@ -43,3 +43,8 @@ def phase_to_ppm(phase_rad, te_s, b0_tesla: float):
 def ppm_to_phase(field_ppm, te_s, b0_tesla: float):
     """Field (ppm) -> unwrapped phase (rad) at echo time ``te_s`` (s), field ``b0_tesla`` (T)."""
     return hz_to_phase(ppm_to_hz(field_ppm, b0_tesla), te_s)
+
+
+def wrap_phase(phase):
+    """Wrap a phase (rad) to [-pi, pi); numpy arrays or torch tensors (floor modulo in both)."""
+    return (phase + math.pi) % (2 * math.pi) - math.pi

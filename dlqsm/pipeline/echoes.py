@@ -26,7 +26,7 @@ import torch
 from scipy.stats import chi2
 
 from dlqsm.errors import InputError
-from dlqsm.physics.units import hz_to_ppm
+from dlqsm.physics.units import hz_to_ppm, wrap_phase
 
 __all__ = ["EchoFit", "data_weight", "fit_echoes"]
 
@@ -132,7 +132,7 @@ def fit_echoes(phase: torch.Tensor, te, b0: float, magnitude: torch.Tensor | Non
     phi0, slope, var = _weighted_line(y, w, t, fit_offset)
     if nonlinear:
         phi0, slope = _gauss_newton(y, w, t, phi0, slope, fit_offset, iterations, tol)
-        r = _wrap(y - phi0 - slope * tt)
+        r = wrap_phase(y - phi0 - slope * tt)
     else:
         r = y - phi0 - slope * tt
     chi = (w * r * r).sum(0)
@@ -150,10 +150,6 @@ def fit_echoes(phase: torch.Tensor, te, b0: float, magnitude: torch.Tensor | Non
         out[sel] = v
         maps.append(out)
     return EchoFit(*maps, noise_std=float(sigma))
-
-
-def _wrap(x):
-    return torch.remainder(x + math.pi, TWO_PI) - math.pi
 
 
 def _gauss_newton(y, w, t, phi0, slope, fit_offset, iterations, tol):

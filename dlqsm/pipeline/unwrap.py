@@ -51,6 +51,7 @@ from dlqsm.errors import InputError
 from dlqsm.physics.fft import crop3, irfft3, pad3, rfft3
 from dlqsm.physics.geometry import normalize_voxel_size
 from dlqsm.physics.kernels import laplacian_kernel
+from dlqsm.physics.units import wrap_phase
 from dlqsm.pipeline.masking import gaussian_smooth
 
 __all__ = [
@@ -60,17 +61,11 @@ __all__ = [
     "unwrap_multi_echo",
     "unwrap_region_growing",
     "voxel_quality",
-    "wrap",
 ]
 
 TWO_PI = 2 * math.pi
 _QUANT_BITS = 20
 _INDEX_BITS = 36
-
-
-def wrap(x: torch.Tensor) -> torch.Tensor:
-    """Wrap angles (rad) to [-pi, pi)."""
-    return torch.remainder(x + math.pi, TWO_PI) - math.pi
 
 
 def _diff(x: torch.Tensor, d: int) -> torch.Tensor:
@@ -90,10 +85,10 @@ def _pairs(x: torch.Tensor, d: int):
 def _weight(dphi, dphi2=None, te_ratio=None, ma=None, mb=None, mag_ref=None) -> torch.Tensor:
     """Edge weight in [0, 1] from the phase difference along the edge (rad), optionally a
     second echo's difference with the TE ratio, and the two magnitudes (see edge_weights)."""
-    g = wrap(dphi)
+    g = wrap_phase(dphi)
     w = 1 - g.abs() / math.pi
     if dphi2 is not None:
-        w = w * (1 - (g - wrap(dphi2) * te_ratio).abs()).clamp_min(0)
+        w = w * (1 - (g - wrap_phase(dphi2) * te_ratio).abs()).clamp_min(0)
     if ma is not None:
         lo, hi = torch.minimum(ma, mb), torch.maximum(ma, mb)
         w = w * (lo / hi.clamp_min(1e-30)) ** 2 * (lo / mag_ref).clamp(0, 1)
@@ -357,7 +352,7 @@ def _laplacian_rhs_gradient(phase, mask, vox):
     rhs = torch.zeros_like(phase)
     for d, h in enumerate(vox):
         dim = phase.dim() - 3 + d
-        g = wrap(torch.roll(phase, -1, dims=dim) - phase)
+        g = wrap_phase(torch.roll(phase, -1, dims=dim) - phase)
         g.narrow(dim, phase.shape[dim] - 1, 1).zero_()
         if mask is not None:
             g = g * (mask & torch.roll(mask, -1, dims=d - 3))
@@ -453,11 +448,11 @@ def phase_offset_from_echoes(phase: torch.Tensor, te, magnitude: torch.Tensor | 
     if phase.shape[0] < 2:
         raise InputError("a phase offset needs at least two echoes.")
     ratio = float(te[0] / (te[1] - te[0]))
-    diff = wrap(phase[1] - phase[0])
+    diff = wrap_phase(phase[1] - phase[0])
     if abs(ratio - round(ratio)) > 1e-6:
         mag = torch.sqrt(magnitude[0] * magnitude[1]) if magnitude is not None else None
         diff = unwrap_region_growing(diff, mag, mask)
-    phi0 = wrap(phase[0] - ratio * diff)
+    phi0 = wrap_phase(phase[0] - ratio * diff)
     if smoothing_mm > 0:
         w = magnitude[0] if magnitude is not None else torch.ones_like(phi0)
         z = gaussian_smooth(torch.polar(w.float(), phi0), smoothing_mm, voxel_size)
@@ -521,7 +516,7 @@ def unwrap_multi_echo(phase: torch.Tensor, te, magnitude: torch.Tensor | None = 
     if correct_offset and E >= 2:
         phi0 = phase_offset_from_echoes(phase, te, magnitude, m, voxel_size=voxel_size,
                                         smoothing_mm=offset_smoothing_mm)
-    free = wrap(phase - phi0)
+    free = wrap_phase(phase - phi0)
     if method == "romeo":
         nxt = template + 1 if template + 1 < E else template - 1
         p2, ratio = (free[nxt], float(te[template] / te[nxt])) if E >= 2 else (None, None)

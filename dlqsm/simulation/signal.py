@@ -18,14 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
-from dlqsm.physics.units import ppm_to_phase
+from dlqsm.physics.units import ppm_to_phase, wrap_phase
 from dlqsm.simulation.random import rand, randn, uniform_scalar
 from dlqsm.simulation.textures import grid_coords, random_polynomial_field, smooth_noise
-
-
-def wrap_phase(phase: torch.Tensor) -> torch.Tensor:
-    """Wrap a phase (rad) to [-pi, pi)."""
-    return torch.remainder(phase + math.pi, 2 * math.pi) - math.pi
 
 
 def echo_times(generator, n_echoes: int, *, first_te=(0.003, 0.006),

@@ -13,6 +13,7 @@ import torch
 from dlqsm.errors import InputError
 from dlqsm.physics.fft import irfft3, rfft3
 from dlqsm.physics.kernels import laplacian_kernel
+from dlqsm.physics.units import wrap_phase as wrap
 from dlqsm.pipeline import unwrap as U
 from dlqsm.pipeline.unwrap import (
     edge_weights,
@@ -20,7 +21,6 @@ from dlqsm.pipeline.unwrap import (
     unwrap_multi_echo,
     unwrap_region_growing,
     voxel_quality,
-    wrap,
 )
 
 TWO_PI = 2 * math.pi
