@@ -459,16 +459,6 @@ def _as_volume(x, what: str) -> torch.Tensor:
     return t
 
 
-def _resolve_device(device) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available.",
-                         fix="pass --device cpu (or auto).")
-    return dev
-
-
 class Predictor:
     """Susceptibility (ppm) from a local field (ppm) with a trained network.
 
@@ -498,7 +488,9 @@ class Predictor:
             net, meta, path = load_network(checkpoint)
         else:
             net, meta, path = _net, dict(_meta or {}), checkpoint
-        self.device = _resolve_device(device)
+        from dlqsm.pipeline.reconstruct import resolve_device
+
+        self.device = resolve_device(device)
         self.net = net.to(self.device).eval()
         self.metadata = meta
         self.checkpoint = None if path is None else str(path)

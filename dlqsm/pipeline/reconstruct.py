@@ -196,7 +196,10 @@ def _check_choice(what: str, value: str, choices) -> None:
 
 
 def resolve_device(device) -> torch.device:
-    """``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a torch.device -> torch.device, checked."""
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"``, a torch.device, or ``"auto"``/None (CUDA when
+    available, else CPU) -> torch.device, checked."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
