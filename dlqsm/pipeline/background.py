@@ -89,6 +89,7 @@ from dlqsm.physics.dipole import DipoleOperator
 from dlqsm.physics.fft import fft_friendly, irfft3, rfft3
 from dlqsm.physics.geometry import normalize_b0_dir, normalize_voxel_size
 from dlqsm.physics.kernels import laplacian_kernel, smv_kernel, sphere_mask
+from dlqsm.pipeline.solvers import cg
 
 __all__ = [
     "BackgroundResult",
@@ -170,53 +171,12 @@ class _Grid:
         return out
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a * b).sum(dtype=torch.float64)
-
-
-def _progress_bar(progress: bool, total: int, desc: str):
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False)
-
-
 def _cg(apply_a: Callable, rhs: torch.Tensor, *, tol: float, max_iter: int,
         precond: Callable | None = None, progress: bool = False, desc: str = "CG"):
-    """(Preconditioned) conjugate gradients for a symmetric positive (semi)definite operator.
-
-    Stops when ||r|| <= tol * ||rhs||. Returns (x, iterations, converged, relative residual).
-    """
-    x = torch.zeros_like(rhs)
-    r = rhs.clone()
-    bnorm = math.sqrt(float(_dot(rhs, rhs))) or 1.0
-    z = precond(r) if precond is not None else r
-    p = z.clone()
-    rz = _dot(r, z)
-    relres, it = 1.0, 0
-    bar = _progress_bar(progress, max_iter, desc)
-    while it < max_iter:
-        relres = math.sqrt(float(_dot(r, r))) / bnorm
-        if relres <= tol:
-            break
-        ap = apply_a(p)
-        alpha = rz / _dot(p, ap)
-        x.add_(p, alpha=float(alpha))
-        r.sub_(ap, alpha=float(alpha))
-        z = precond(r) if precond is not None else r
-        rz_new = _dot(r, z)
-        p = z + float(rz_new / rz) * p
-        rz = rz_new
-        it += 1
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(residual=f"{relres:.2e}")
-    else:
-        relres = math.sqrt(float(_dot(r, r))) / bnorm
-    if bar is not None:
-        bar.close()
-    return x, it, relres <= tol, relres
+    """:func:`dlqsm.pipeline.solvers.cg` -> (x, iterations, converged, relative residual)."""
+    x, info = cg(apply_a, rhs, tol=tol, max_iter=max_iter, precond=precond, progress=progress,
+                 desc=desc)
+    return x, info["iterations"], info["converged"], info["relative_residual"]
 
 
 def _ball_size(voxel_size, radius_mm: float) -> int:

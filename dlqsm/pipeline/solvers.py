@@ -38,8 +38,9 @@ def _iterations(max_iter: int, progress: bool, desc: str):
 
 
 def cg(apply_a: Op, b: torch.Tensor, x0: torch.Tensor | None = None, *, max_iter: int = 100,
-       tol: float = 1e-3, progress: bool = False, desc: str = "cg"):
-    """Conjugate gradients for ``A x = b`` with A symmetric positive (semi-)definite.
+       tol: float = 1e-3, precond: Op | None = None, progress: bool = False, desc: str = "cg"):
+    """(Preconditioned) conjugate gradients for ``A x = b`` with A symmetric positive
+    (semi-)definite.
 
     Args:
         apply_a: callable computing A x for a tensor shaped like ``b``.
@@ -47,6 +48,7 @@ def cg(apply_a: Op, b: torch.Tensor, x0: torch.Tensor | None = None, *, max_iter
         x0: starting point (default zeros); not modified.
         max_iter: iteration limit.
         tol: stop when ||b - A x|| / ||b|| < tol.
+        precond: optional callable r -> M^-1 r with M symmetric positive definite.
 
     Returns:
         (x, info) with info keys ``iterations``, ``converged``, ``relative_residual``.
@@ -59,24 +61,28 @@ def cg(apply_a: Op, b: torch.Tensor, x0: torch.Tensor | None = None, *, max_iter
     if bnorm == 0.0 or math.sqrt(rs) <= tol * bnorm:
         info["relative_residual"] = math.sqrt(rs) / bnorm if bnorm else 0.0
         return x, info
-    p = r.clone()
+    z = r if precond is None else precond(r)
+    rz = rs if precond is None else _dot(r, z)
+    p = z.clone()
     info["converged"] = False
     for it in _iterations(max_iter, progress, desc):
         ap = apply_a(p)
         pap = _dot(p, ap)
         if pap <= 0.0:  # breakdown: p in the null space (semi-definite A) or loss of precision
             break
-        alpha = rs / pap
+        alpha = rz / pap
         x.add_(p, alpha=alpha)
         r.sub_(ap, alpha=alpha)
-        rs_new = _dot(r, r)
+        rs = _dot(r, r)
         info["iterations"] = it
-        info["relative_residual"] = math.sqrt(rs_new) / bnorm
+        info["relative_residual"] = math.sqrt(rs) / bnorm
         if info["relative_residual"] < tol:
             info["converged"] = True
             break
-        p.mul_(rs_new / rs).add_(r)
-        rs = rs_new
+        z = r if precond is None else precond(r)
+        rz_new = rs if precond is None else _dot(r, z)
+        p.mul_(rz_new / rz).add_(z)
+        rz = rz_new
     return x, info
 
 
