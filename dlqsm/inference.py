@@ -41,6 +41,7 @@ from dlqsm.physics.geometry import (
     b0_dir_from_affine,
     normalize_b0_dir,
     normalize_voxel_size,
+    rotation_matrix,
     voxel_size_from_affine,
 )
 
@@ -171,9 +172,7 @@ def rotation_to_axis(b0_dir, axis=(0.0, 0.0, 1.0)) -> np.ndarray:
     s, c = np.linalg.norm(v), float(b @ a)
     if s < 1e-12:
         return np.eye(3)
-    k = v / s
-    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + s * kx + (1 - c) * (kx @ kx)
+    return rotation_matrix(v, math.atan2(s, c))
 
 
 class GridResampler:
