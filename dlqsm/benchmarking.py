@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import statistics
 import threading
 import time
@@ -94,3 +95,18 @@ def measure(fn, device, repeats):
         cpu.append(time.process_time() - c0)
         mem = peak.peak_mb if i == 0 else mem
     return out, statistics.median(times), statistics.median(cpu), mem
+
+
+def hardware() -> str:
+    """One line on the machine: CPU model, cores, torch threads, GPU (when torch sees one)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh
+                       if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    parts = [f"CPU: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"]
+    if torch.cuda.is_available():
+        parts.append(f"GPU: {torch.cuda.get_device_name(0)}")
+    return "; ".join(parts) + f"; torch {torch.__version__}"

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
+
+from dlqsm.benchmarking import hardware
 
 HERE = Path(__file__).resolve().parent
 SUITES = {
@@ -40,28 +40,6 @@ QUICK = {
     "training": ["--shapes", "32", "--steps", "2"],
     "inference": ["--shapes", "48x56x56", "--repeats", "1"],
 }
-
-
-def hardware() -> str:
-    """One line on the machine: CPU model and cores, and the GPU when torch sees one."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {os.cpu_count()} cores"
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            text += f"; GPU {torch.cuda.get_device_name(0)}"
-        text += f"; torch {torch.__version__} ({torch.get_num_threads()} threads)"
-    except ImportError:
-        pass
-    return text
 
 
 def main(argv=None) -> int:

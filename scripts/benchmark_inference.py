@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import resource
 import statistics
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from dlqsm.benchmarking import hardware
 from dlqsm.inference import DEFAULT_MODEL_DIR, Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,20 +113,6 @@ def bench_one(pred: Predictor, field, mask, b0, repeats: int, warmup: int) -> di
             "mode": info.get("mode"), "roi": info.get("roi_size")}
 
 
-def hardware(devices) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh
-                       if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    parts = [f"CPU: {cpu}, torch threads {torch.get_num_threads()}"]
-    if any(str(d).startswith("cuda") for d in devices):
-        parts.append(f"GPU: {torch.cuda.get_device_name(0)}")
-    return "; ".join(parts) + f"; torch {torch.__version__}"
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
@@ -134,7 +120,7 @@ def main(argv=None) -> int:
     n_params = sum(p.numel() for p in net.parameters())
     lines = ["# Learned inference benchmark", "",
              f"Model: {meta.get('network', type(net).__name__)} ({n_params / 1e6:.2f} M "
-             f"parameters), {source}. {hardware(devices)}. B0 tilt {args.b0_tilt} deg, "
+             f"parameters), {source}. {hardware()}. B0 tilt {args.b0_tilt} deg, "
              f"median of {args.repeats} after {args.warmup} warm-up.", "",
              "| Device | Shape | Mode | Window | Median (s) | Min (s) | Peak memory (GiB) |",
              "|---|---|---|---|---|---|---|"]

@@ -14,14 +14,13 @@ batch (at least one), so every batch holds about the same number of voxels.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from dlqsm.benchmarking import hardware
 from dlqsm.simulation.datasets import SimulatedQSMDataset
 from dlqsm.simulation.random import make_generator
 
@@ -55,18 +54,9 @@ def bench_one(size: int, source: str, signal: bool, device: str, batch: int, rep
             "cpu_ms_per_sample": statistics.median(cpu)}
 
 
-def hardware(devices) -> str:
-    cpu = platform.processor() or platform.machine()
-    parts = [f"CPU: {cpu}, {os.cpu_count()} logical cores, torch threads "
-             f"{torch.get_num_threads()}", f"torch {torch.__version__}"]
-    if any(d.startswith("cuda") for d in devices):
-        parts.append(f"GPU: {torch.cuda.get_device_name(0)}")
-    return "; ".join(parts)
-
-
 def to_markdown(rows, devices, voxel_size) -> str:
     lines = ["# Simulation throughput", "",
-             f"{time.strftime('%Y-%m-%d %H:%M')} - {hardware(devices)}", "",
+             f"{time.strftime('%Y-%m-%d %H:%M')} - {hardware()}", "",
              "Batched generation (`SimulatedQSMDataset.generate_batch`), voxel size "
              f"{voxel_size} mm, B0 tilt up to 30 degrees, median over repeats after a warm-up "
              "batch. CPU ms/sample is process CPU time (all threads) per sample.",
