@@ -363,7 +363,7 @@ def _accepted_kwargs(net: nn.Module) -> set[str]:
 
 
 def call_network(net: nn.Module, field: torch.Tensor, mask: torch.Tensor, b0_dir: torch.Tensor,
-                 voxel_size: torch.Tensor) -> torch.Tensor:
+                 voxel_size: torch.Tensor, chi_init: torch.Tensor | None = None) -> torch.Tensor:
     """``net(field, mask=, b0_dir=, voxel_size=)`` passing only the keywords ``net`` accepts.
 
     Args:
@@ -371,6 +371,8 @@ def call_network(net: nn.Module, field: torch.Tensor, mask: torch.Tensor, b0_dir
         mask: (B, 1, X, Y, Z) float mask.
         b0_dir: (1, 3) or (B, 3) unit vector(s) in the voxel coordinates of this grid.
         voxel_size: (1, 3) or (B, 3) voxel size of this grid, mm.
+        chi_init: (B, 1, X, Y, Z) classical estimate (ppm) for networks that refine one
+            (:class:`dlqsm.models.InversionResidualNet`), computed on the whole volume.
 
     Returns:
         (B, 1, X, Y, Z) susceptibility, ppm.
@@ -378,6 +380,9 @@ def call_network(net: nn.Module, field: torch.Tensor, mask: torch.Tensor, b0_dir
     n = field.shape[0]
     kwargs = {"mask": mask, "b0_dir": b0_dir.expand(n, 3), "voxel_size": voxel_size.expand(n, 3)}
     accepted = _accepted_kwargs(net)
+    if chi_init is not None:
+        kwargs["chi_init"] = chi_init
+        accepted = accepted | {"chi_init"}
     out = net(field, **{k: v for k, v in kwargs.items() if k in accepted})
     if isinstance(out, (tuple, list)):
         out = out[0]
@@ -624,12 +629,20 @@ class Predictor:
         vox = torch.tensor([plan.net_voxel_size], device=self.device, dtype=torch.float32)
         tiled, why = self._choose_tiling(field.shape[-3:])
 
+        # a network refining a classical inversion gets it computed once on the whole volume
+        # (the inversion is not local), then sees it like an input channel, also in windows
+        estimate = getattr(self.net, "initial_estimate", None)
+        parts = [field, mask]
+        if estimate is not None:
+            parts.append(estimate(field, mask, b0, vox).to(field.dtype))
+
         def predictor(x):
             with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
-                y = call_network(self.net, x[:, :1], x[:, 1:], b0, vox)
+                y = call_network(self.net, x[:, :1], x[:, 1:2], b0, vox,
+                                 chi_init=x[:, 2:3] if x.shape[1] > 2 else None)
             return y.float()
 
-        x = torch.cat([field, mask], dim=1)
+        x = torch.cat(parts, dim=1)
         if not tiled:
             xp, shape = pad_to_multiple(x, self.spec.size_divisor)
             return crop_to(predictor(xp), shape), {"mode": "whole-volume", **why}

@@ -22,7 +22,7 @@ EPILOG = """examples:
   dlqsm simulate simulation=deepqsm simulation.shape=[96,96,96] num_workers=2
   dlqsm simulate simulation=mixture seed=1 out_dir=data/sim/val n_samples=50
 
-groups: simulation={shapes,deepqsm,head,hybrid,mixture}
+groups: simulation={shapes,deepqsm,head,hybrid,mixture,head_cases}
 Re-running a command skips finished samples; force=true overwrites them."""
 
 

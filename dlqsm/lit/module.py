@@ -9,6 +9,7 @@ the metadata of :func:`dlqsm.lit.metadata.build_metadata`.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -19,6 +20,7 @@ from torch import nn
 from dlqsm.lit.metadata import GeometryTracker, build_metadata, git_revision
 from dlqsm.metrics.wrappers import qsm_metric_collection
 from dlqsm.models.build import CHECKPOINT_KEY
+from dlqsm.models.residual import INIT_KEY
 
 BATCH_KEYS = ("field", "mask", "b0_dir", "voxel_size")
 # on_before_batch_transfer below is meant to run (it records the training geometry on the CPU)
@@ -53,6 +55,9 @@ class QSMLitModule(LightningModule):
         # torch.load(weights_only=True). The full config is stored by on_save_checkpoint.
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
         self.net = net
+        # networks refining a classical estimate take it precomputed from the batch when the
+        # data provides it (dlqsm.models.InversionResidualNet)
+        self._takes_init = INIT_KEY in inspect.signature(net.forward).parameters
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -63,7 +68,8 @@ class QSMLitModule(LightningModule):
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Predicted chi (B, 1, X, Y, Z) in ppm for a batch dict."""
-        return self.net(*(batch.get(k) for k in BATCH_KEYS))
+        extra = {INIT_KEY: batch[INIT_KEY]} if self._takes_init and INIT_KEY in batch else {}
+        return self.net(*(batch.get(k) for k in BATCH_KEYS), **extra)
 
     def setup(self, stage: str) -> None:
         if self.hparams.compile and stage == "fit":

@@ -428,7 +428,102 @@ def generate_batch(batch_size: int, device=None, generator: torch.Generator | No
     return ds.generate_batch(batch_size, device, generator)
 
 
+@dataclass
+class HeadCaseConfig:
+    """Settings of :class:`HeadCaseDataset` (stored in ``dataset.json`` by ``dlqsm simulate``)."""
+
+    shape: tuple[int, int, int] = (164, 205, 205)
+    voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    noise_std: float | tuple[float, float] = 0.0
+    padding: float = 0.25
+    head_scale: float | tuple[float, float] | None = None
+    lesion_prob: float = 0.4
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+class HeadCaseDataset(Dataset):
+    """Whole simulated heads on a scanner-sized grid, built exactly like the evaluation heads.
+
+    Item ``i`` is :func:`dlqsm.simulation.head.simulate_head_case` (no signal) with the seed
+    ``derive_seed(seed, i)``: a 63-bit seed, so a training head equals a held-out evaluation head
+    (:func:`dlqsm.evaluation.cases.simulated_heads`, seeds 10**6 + k) only by coincidence. The
+    local field is ``mask * D(mask * chi)`` with zero padding of ``padding`` times the matrix
+    on each side, plus Gaussian noise (``noise_std`` ppm, a number or a range drawn per head)
+    inside the mask; B0 is along z. Keys follow the sample contract of this module.
+
+    Use it to train on realistic, adult-sized anatomy (e.g. random patches of whole heads
+    written by ``dlqsm simulate simulation=head_cases``) rather than heads shrunk into a small
+    field of view.
+
+    Args:
+        length: number of heads. seed: dataset seed.
+        shape, voxel_size: grid (voxels, mm).
+        noise_std: field noise, ppm (number or (low, high)).
+        padding: zero padding of the dipole convolution, a fraction of each matrix size.
+        head_scale: head size (None: fitted to the field of view, at most adult size).
+        lesion_prob: probability of haemorrhages / calcifications.
+    """
+
+    def __init__(self, length: int = 16, seed: int = 0, **settings):
+        names = {f.name for f in fields(HeadCaseConfig)}
+        unknown = sorted(set(settings) - names)
+        if unknown:
+            raise TypeError(f"unknown head-case settings: {', '.join(unknown)}")
+        if "shape" in settings:
+            settings["shape"] = tuple(int(s) for s in settings["shape"])
+        if "voxel_size" in settings:
+            settings["voxel_size"] = tuple(float(v) for v in settings["voxel_size"])
+        for key in ("noise_std", "head_scale"):
+            if isinstance(settings.get(key), list | tuple):
+                settings[key] = tuple(float(v) for v in settings[key])
+        self.length = int(length)
+        self.seed = int(seed)
+        self.config = HeadCaseConfig(**settings)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def sample_seed(self, index: int) -> int:
+        """The seed of head ``index``."""
+        return derive_seed(self.seed, index)
+
+    def sample_with_meta(self, index: int):
+        """Head ``index`` (sample contract, unbatched) and its metadata dict."""
+        from dlqsm.simulation.head import simulate_head_case
+
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for {self.length} heads")
+        cfg = self.config
+        seed = self.sample_seed(index)
+        kwargs = {"lesion_prob": cfg.lesion_prob}
+        if cfg.head_scale is not None:
+            kwargs["scale"] = cfg.head_scale
+        case = simulate_head_case(cfg.shape, cfg.voxel_size, (0.0, 0.0, 1.0), seed=seed,
+                                  signal=False, padding=tuple(int(n * cfg.padding)
+                                                               for n in cfg.shape), **kwargs)
+        g = make_generator(derive_seed(seed, 1))
+        std = uniform_scalar(g, cfg.noise_std)
+        mask = case.mask.float()
+        fld = case.local_field.float()
+        if std > 0:
+            fld = (fld + std * randn(g, *cfg.shape)) * mask
+        sample = {"chi": case.chi.float()[None], "field": fld[None], "mask": mask[None],
+                  "b0_dir": torch.tensor(case.b0_dir, dtype=torch.float32),
+                  "voxel_size": torch.tensor(case.voxel_size, dtype=torch.float32),
+                  "labels": case.labels.long()[None]}
+        meta = {"index": int(index), "seed": seed, "source": "head_case",
+                "head_scale": float(case.phantom.scale), "lesions": bool(case.phantom.has_lesions),
+                "noise_std": std}
+        return sample, meta
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.sample_with_meta(int(index))[0]
+
+
 from dlqsm.simulation.disk import DiskQSMDataset  # noqa: E402  (re-exported for configs)
 
-__all__ = ["SOURCES", "SimulationConfig", "Simulator", "SimulatedQSMDataset",
+__all__ = ["SOURCES", "SimulationConfig", "Simulator", "SimulatedQSMDataset", "HeadCaseDataset",
            "SimulatedQSMIterableDataset", "DiskQSMDataset", "generate_batch", "random_blob"]

@@ -10,6 +10,7 @@ Layout of an output folder::
         field.nii.gz          local field, ppm, 0 outside the mask              (X, Y, Z)
         mask.nii.gz           uint8 {0, 1}                                      (X, Y, Z)
         labels.nii.gz         int16 head labels (0 where none)                  (X, Y, Z)
+        chi_init.nii.gz       optional classical estimate of chi, ppm           (X, Y, Z)
         magnitude.nii.gz      with signal: echoes on the 4th axis               (X, Y, Z, E)
         phase.nii.gz          with signal: wrapped phase, rad                   (X, Y, Z, E)
         total_field.nii.gz    with signal: ppm                                  (X, Y, Z)
@@ -59,6 +60,8 @@ def write_sample(folder, sample: dict, meta: dict, *, compress: bool = True) -> 
     save_nifti(folder / f"field{ext}", sample["field"][0], aff)
     save_nifti(folder / f"mask{ext}", sample["mask"][0], aff, dtype=np.uint8)
     save_nifti(folder / f"labels{ext}", sample["labels"][0], aff, dtype=np.int16)
+    if "chi_init" in sample:
+        save_nifti(folder / f"chi_init{ext}", sample["chi_init"][0], aff)
     if "phase" in sample:
         save_nifti(folder / f"magnitude{ext}", sample["magnitude"].permute(1, 2, 3, 0), aff)
         save_nifti(folder / f"phase{ext}", sample["phase"].permute(1, 2, 3, 0), aff)
@@ -169,17 +172,31 @@ def write_manifest(out_dir) -> Path:
 
 
 class DiskQSMDataset(Dataset):
-    """Reads a folder written by :func:`write_dataset`, one sample per item (nibabel).
+    """Reads a folder written by :func:`write_dataset`: whole samples or random patches of them.
 
     Items follow the :class:`~dlqsm.simulation.datasets.SimulatedQSMDataset` contract (signal
-    keys when present on disk and ``signal`` is not False).
+    keys when present on disk and ``signal`` is not False; ``chi_init`` when written).
 
     Args:
         root: the output folder.
         signal: None loads the signal when present; False never loads it.
+        patch_size: None returns whole samples; voxels (one or three ints) returns patches of
+            that size, cropped at a random position whose centre lies in the brain's bounding
+            box (volumes smaller than the patch are zero-padded). Patches are read from
+            uncompressed files without loading the whole volume (``dlqsm simulate
+            compress=false``); ``.nii.gz`` works but decompresses every time.
+        patches_per_volume: items per stored sample in patch mode (the epoch length is
+            ``len(samples) * patches_per_volume``).
+        flips: in patch mode, flip each patch along random axes (with B0 along an axis, a flip
+            leaves the dipole kernel unchanged, so the field stays consistent with chi; only
+            applied to samples whose B0 is along z).
+        seed: None draws new patch positions and flips at every access (training); an integer
+            makes item ``i`` depend only on (seed, i), so validation patches are the same in
+            every epoch and run.
     """
 
-    def __init__(self, root, *, signal: bool | None = None):
+    def __init__(self, root, *, signal: bool | None = None, patch_size=None,
+                 patches_per_volume: int = 1, flips: bool = False, seed: int | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise InputError("simulated dataset folder does not exist.", path=self.root,
@@ -196,32 +213,102 @@ class DiskQSMDataset(Dataset):
             raise InputError("no simulated samples found.", path=self.root,
                              fix="run `dlqsm simulate out_dir=...` into this folder.")
         self.signal = signal
+        if patch_size is not None:
+            ps = [int(patch_size)] * 3 if isinstance(patch_size, int) else \
+                [int(p) for p in patch_size]
+            if len(ps) != 3 or min(ps) < 1:
+                raise ValueError(f"patch_size must be one or three positive ints, got "
+                                 f"{patch_size!r}")
+            patch_size = tuple(ps)
+        self.patch_size = patch_size
+        self.patches_per_volume = max(1, int(patches_per_volume)) if patch_size else 1
+        self.flips = bool(flips)
+        self.seed = None if seed is None else int(seed)
+        self._bbox: dict[int, tuple] = {}
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.entries) * self.patches_per_volume
 
     def meta(self, index: int) -> dict:
-        """Metadata of item ``index`` (from its meta.json)."""
-        return self.entries[index]
+        """Metadata of the stored sample behind item ``index`` (from its meta.json)."""
+        return self.entries[index // self.patches_per_volume]
 
-    def _load(self, folder: Path, name: str, ext: str, dtype=np.float32) -> torch.Tensor:
-        img = nib.load(str(folder / f"{name}{ext}"))
-        return torch.from_numpy(np.asarray(img.dataobj, dtype=dtype))
+    def _proxy(self, folder: Path, name: str, ext: str):
+        path = folder / f"{name}{ext}"
+        try:
+            return nib.load(str(path)).dataobj
+        except Exception as exc:  # nibabel raises several types for broken files
+            raise InputError(f"cannot read simulated sample file ({exc}).", path=path,
+                             fix="re-run the `dlqsm simulate` command that wrote it "
+                                 "(force=true rewrites it).") from exc
+
+    def _read(self, folder: Path, name: str, ext: str, window, dtype=np.float32):
+        proxy = self._proxy(folder, name, ext)
+        arr = proxy[window] if window is not None else proxy
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(arr, dtype=dtype)))
+
+    def _mask_bbox(self, vol: int, folder: Path, ext: str) -> tuple:
+        if vol not in self._bbox:
+            m = np.asarray(self._proxy(folder, "mask", ext)) > 0
+            idx = [np.flatnonzero(m.any(axis=tuple(a for a in range(3) if a != d)))
+                   for d in range(3)]
+            self._bbox[vol] = tuple((int(i[0]), int(i[-1])) if i.size else (0, n - 1)
+                                    for i, n in zip(idx, m.shape, strict=True))
+        return self._bbox[vol]
+
+    def _window(self, index: int, vol: int, folder: Path, ext: str, shape):
+        """(slices into the stored volume, zero-padding per side, flip axes) of item index."""
+        from dlqsm.simulation.random import derive_seed
+
+        rng = np.random.default_rng(None if self.seed is None else derive_seed(self.seed, index))
+        bbox = self._mask_bbox(vol, folder, ext)
+        slices, pads = [], []
+        for (lo, hi), n, p in zip(bbox, shape, self.patch_size, strict=True):
+            if n <= p:
+                start = 0
+            else:
+                centre = int(rng.integers(lo, hi + 1))
+                start = min(max(centre - p // 2, 0), n - p)
+            stop = min(start + p, n)
+            slices.append(slice(start, stop))
+            pads.append(p - (stop - start))
+        flips = [d for d in range(3) if self.flips and rng.random() < 0.5]
+        return tuple(slices), pads, flips
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        e = self.entries[index]
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        vol = index // self.patches_per_volume
+        e = self.entries[vol]
         folder = self.root / e["folder"]
         ext = e.get("files_ext", ".nii.gz")
-        out = {"chi": self._load(folder, "chi", ext)[None],
-               "field": self._load(folder, "field", ext)[None],
-               "mask": self._load(folder, "mask", ext)[None],
-               "b0_dir": torch.tensor(e["b0_dir"], dtype=torch.float32),
-               "voxel_size": torch.tensor(e["voxel_size"], dtype=torch.float32),
-               "labels": self._load(folder, "labels", ext, np.int64)[None]}
+        window, pads, flips = None, [0, 0, 0], []
+        if self.patch_size is not None:
+            window, pads, flips = self._window(index, vol, folder, ext, e["shape"])
+            if any(abs(b) > 1e-6 for b in np.asarray(e["b0_dir"][:2], dtype=float)):
+                flips = []  # B0 off the z axis: a flip would change the dipole kernel
+        names = [("chi", np.float32), ("field", np.float32), ("mask", np.float32),
+                 ("labels", np.int64)]
+        if (folder / f"chi_init{ext}").exists():
+            names.append(("chi_init", np.float32))
+        out = {name: self._read(folder, name, ext, window, dtype)[None]
+               for name, dtype in names}
         if self.signal is not False and (folder / f"phase{ext}").exists():
-            out["magnitude"] = self._load(folder, "magnitude", ext).permute(3, 0, 1, 2)
-            out["phase"] = self._load(folder, "phase", ext).permute(3, 0, 1, 2)
+            if window is not None:
+                raise ValueError("patches of samples with signal are not supported; pass "
+                                 "signal=False")
+            out["magnitude"] = self._read(folder, "magnitude", ext, None).permute(3, 0, 1, 2)
+            out["phase"] = self._read(folder, "phase", ext, None).permute(3, 0, 1, 2)
             out["te"] = torch.tensor(e["te"], dtype=torch.float32)
             out["b0_tesla"] = torch.tensor(float(e["b0_tesla"]), dtype=torch.float32)
-            out["total_field"] = self._load(folder, "total_field", ext)[None]
+            out["total_field"] = self._read(folder, "total_field", ext, None)[None]
+        if any(pads):
+            pad = []
+            for p in reversed(pads):
+                pad += [0, p]
+            out = {k: torch.nn.functional.pad(v, pad) for k, v in out.items()}
+        if flips:
+            out = {k: torch.flip(v, [d + 1 for d in flips]) for k, v in out.items()}
+        out["b0_dir"] = torch.tensor(e["b0_dir"], dtype=torch.float32)
+        out["voxel_size"] = torch.tensor(e["voxel_size"], dtype=torch.float32)
         return {k: v.contiguous() for k, v in out.items()}

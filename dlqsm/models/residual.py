@@ -1,0 +1,175 @@
+"""A learned correction of a classical dipole inversion (the default dlqsm model's design).
+
+:class:`InversionResidualNet` computes a classical reconstruction ``chi0`` of the local field
+with :func:`dlqsm.pipeline.inversion.invert` (TV-ADMM by default, the project's strongest fast
+classical method) and adds a correction predicted by a 3D backbone from ``(field, chi0)``::
+
+    chi = chi0 + chi_scale * backbone([field * field_scale, chi0 / chi_scale])
+
+The classical step runs on the *whole* volume (its result depends on the whole field), without
+gradients; the backbone is fully convolutional, so it is trained on random patches of whole-head
+``chi0`` maps computed once (:class:`WithInitialEstimate`, written to disk by
+``dlqsm simulate simulation=head_cases``) and applied to whole volumes or sliding windows of the
+same ``chi0`` (:class:`dlqsm.inference.Predictor` computes it once through
+:meth:`InversionResidualNet.initial_estimate`).
+
+The classical step uses each sample's B0 direction and voxel size, so the model accepts any
+geometry; the backbone has only seen the training geometry (B0 along z, 1 mm), so
+:class:`~dlqsm.inference.Predictor` still resamples other scans into that frame.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from dlqsm.models.base import QSMModel, apply_mask, crop_to, pad_to_multiple, scalar
+
+INIT_KEY = "chi_init"
+"""Batch/sample key of a precomputed classical estimate (ppm, (1, X, Y, Z))."""
+
+
+def classical_estimate(field: torch.Tensor, mask: torch.Tensor | None = None, b0_dir=None,
+                       voxel_size=None, *, method: str = "tv",
+                       params: dict | None = None) -> torch.Tensor:
+    """Classical inversion of each sample of a batch ``(B, 1, X, Y, Z)`` (ppm in, ppm out).
+
+    Calls :func:`dlqsm.pipeline.inversion.invert` per sample (with ``reference="mean"``) on
+    the field's device, without gradients. ``mask`` None means the whole grid; ``b0_dir`` and
+    ``voxel_size`` are (3,) or (B, 3) (None: z and 1 mm).
+    """
+    from dlqsm.pipeline.inversion import invert
+
+    params = dict(params or {})
+    batch = field.shape[0]
+    b0 = _rows(b0_dir, batch, (0.0, 0.0, 1.0))
+    vox = _rows(voxel_size, batch, (1.0, 1.0, 1.0))
+    out = torch.zeros_like(field, dtype=torch.float32)
+    with torch.no_grad():
+        for i in range(batch):
+            f = field[i, 0].float()
+            m = torch.ones_like(f, dtype=torch.bool) if mask is None else mask[i, 0] > 0
+            if not m.any():
+                continue
+            res = invert(f, m, method=method, voxel_size=vox[i], b0_dir=b0[i], **params)
+            out[i, 0] = res.chi.to(out.dtype)
+    return out
+
+
+def _rows(value, batch: int, default) -> list[tuple[float, float, float]]:
+    if value is None:
+        return [tuple(default)] * batch
+    t = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
+    if t.ndim == 1:
+        t = t.expand(batch, 3)
+    return [tuple(float(v) for v in row) for row in t]
+
+
+class InversionResidualNet(QSMModel):
+    """chi = chi0 + chi_scale * backbone([field * field_scale, chi0 / chi_scale]), in ppm.
+
+    Args:
+        backbone: nn.Module mapping (B, 2, X, Y, Z) -> (B, 1, X, Y, Z).
+        method: classical inversion of :func:`dlqsm.pipeline.inversion.invert` giving chi0.
+        params: its parameters (defaults of the method when empty).
+        field_scale, chi_scale, pad_multiple, mask_output: as in
+            :class:`dlqsm.models.NormalizedNet`.
+
+    ``forward(field, mask, b0_dir, voxel_size, chi_init=None)``: pass ``chi_init`` (ppm) when
+    chi0 was computed beforehand (training patches, sliding windows); it must come from the
+    same method and parameters on the whole volume.
+
+    The classical step uses the geometry, but the backbone has only seen its training geometry,
+    so the model reports ``b0_aware = resolution_aware = False`` and
+    :class:`dlqsm.inference.Predictor` resamples scans into that frame.
+    """
+
+    b0_aware = False
+    resolution_aware = False
+
+    def __init__(self, backbone: nn.Module, method: str = "tv", params: dict | None = None,
+                 field_scale: float = 10.0, chi_scale: float = 0.1, pad_multiple: int = 8,
+                 mask_output: bool = True):
+        super().__init__()
+        from dlqsm.pipeline.inversion import method_defaults
+
+        self.backbone = backbone
+        self.method = str(method)
+        self.params = dict(params or {})
+        unknown = sorted(set(self.params) - set(method_defaults(self.method)))
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {unknown} for method {self.method!r}")
+        self.register_buffer("field_scale", torch.tensor(float(field_scale)))
+        self.register_buffer("chi_scale", torch.tensor(float(chi_scale)))
+        self.pad_multiple = int(pad_multiple)
+        self.mask_output = bool(mask_output)
+
+    def initial_estimate(self, field, mask=None, b0_dir=None, voxel_size=None) -> torch.Tensor:
+        """chi0 of a whole batch (B, 1, X, Y, Z), ppm (no gradients)."""
+        return classical_estimate(apply_mask(field, mask), mask, b0_dir, voxel_size,
+                                  method=self.method, params=self.params)
+
+    def forward(self, field, mask=None, b0_dir=None, voxel_size=None, chi_init=None):
+        """(B, 1, X, Y, Z) field in ppm -> (B, 1, X, Y, Z) chi in ppm."""
+        field = apply_mask(field, mask)
+        if chi_init is None:
+            chi_init = self.initial_estimate(field, mask, b0_dir, voxel_size)
+        chi0 = apply_mask(chi_init.to(field.dtype), mask)
+        x = torch.cat([field * self.field_scale, chi0 / self.chi_scale], dim=1)
+        x, shape = pad_to_multiple(x, self.pad_multiple)
+        chi = chi0 + crop_to(self.backbone(x), shape).to(chi0.dtype) * self.chi_scale
+        return apply_mask(chi, mask) if self.mask_output else chi
+
+    def input_normalization(self) -> dict:
+        return {"field_scale": scalar(self.field_scale), "chi_scale": scalar(self.chi_scale),
+                "rule": "net_input = [field_ppm * field_scale, chi0_ppm / chi_scale]; "
+                        "chi_ppm = chi0_ppm + net_output * chi_scale",
+                "initial_estimate": {"method": self.method, "params": self.params},
+                "pad_multiple": self.pad_multiple, "uses_geometry": False}
+
+
+class WithInitialEstimate(Dataset):
+    """Adds ``chi_init`` (a classical inversion of the whole sample) to a simulated dataset.
+
+    Wraps a dataset with ``sample_with_meta``, ``seed`` and ``config`` (e.g.
+    :class:`dlqsm.simulation.datasets.HeadCaseDataset`), so that ``dlqsm simulate`` writes the
+    estimate next to each sample and :class:`InversionResidualNet` trains on patches of it.
+
+    Args:
+        dataset: the dataset, or a callable ``(length=, seed=) -> dataset`` (a Hydra partial).
+        method, params: the classical inversion (must match the model's).
+        length, seed: passed to a callable ``dataset``.
+    """
+
+    def __init__(self, dataset, method: str = "tv", params: dict | None = None,
+                 length: int | None = None, seed: int | None = None):
+        if callable(dataset) and not isinstance(dataset, Dataset):
+            kwargs = {k: v for k, v in (("length", length), ("seed", seed)) if v is not None}
+            dataset = dataset(**kwargs)
+        self.dataset = dataset
+        self.method = str(method)
+        self.params = dict(params or {})
+        self.seed = dataset.seed
+        self.config = self
+
+    def as_dict(self) -> dict:
+        """Settings for ``dataset.json``: the wrapped dataset's and the inversion."""
+        return dict(self.dataset.config.as_dict(),
+                    initial_estimate={"method": self.method, "params": self.params})
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def sample_with_meta(self, index: int):
+        sample, meta = self.dataset.sample_with_meta(index)
+        b = {k: v[None] for k, v in sample.items() if k in ("field", "mask", "b0_dir",
+                                                             "voxel_size")}
+        sample[INIT_KEY] = classical_estimate(b["field"], b["mask"], b["b0_dir"],
+                                              b["voxel_size"], method=self.method,
+                                              params=self.params)[0]
+        meta = dict(meta, initial_estimate={"method": self.method, "params": self.params})
+        return sample, meta
+
+    def __getitem__(self, index: int):
+        return self.sample_with_meta(int(index))[0]
