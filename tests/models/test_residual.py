@@ -4,7 +4,6 @@ import functools
 
 import pytest
 import torch
-from monai.networks.nets import UNet
 from torch import nn
 
 from dlqsm.inference import Predictor
