@@ -4,9 +4,11 @@
 with :func:`dlqsm.pipeline.inversion.invert` (TV-ADMM by default, the project's strongest fast
 classical method) and adds a correction predicted by a 3D backbone from ``(field, chi0)``::
 
-    chi = chi0 + chi_scale * backbone([field * field_scale, chi0 / chi_scale])
+    chi = chi0 + gain * chi_scale * backbone([field * field_scale, chi0 / chi_scale])
 
-The classical step runs on the *whole* volume (its result depends on the whole field), without
+``gain`` is a learned scalar that starts at ``residual_gain`` (0 by default, as in ReZero,
+Bachlechner et al. 2020), so an untrained model returns the classical estimate itself and
+training only ever moves away from it where that lowers the loss. The classical step runs on the *whole* volume (its result depends on the whole field), without
 gradients; the backbone is fully convolutional, so it is trained on random patches of whole-head
 ``chi0`` maps computed once (:class:`WithInitialEstimate`, written to disk by
 ``dlqsm simulate simulation=head_cases``) and applied to whole volumes or sliding windows of the
@@ -67,7 +69,7 @@ def _rows(value, batch: int, default) -> list[tuple[float, float, float]]:
 
 
 class InversionResidualNet(QSMModel):
-    """chi = chi0 + chi_scale * backbone([field * field_scale, chi0 / chi_scale]), in ppm.
+    """chi = chi0 + gain * chi_scale * backbone([field * field_scale, chi0 / chi_scale]) (ppm).
 
     Args:
         backbone: nn.Module mapping (B, 2, X, Y, Z) -> (B, 1, X, Y, Z).
@@ -75,6 +77,8 @@ class InversionResidualNet(QSMModel):
         params: its parameters (defaults of the method when empty).
         field_scale, chi_scale, pad_multiple, mask_output: as in
             :class:`dlqsm.models.NormalizedNet`.
+        residual_gain: initial value of the learned gain of the correction (0: start from
+            the classical estimate).
 
     ``forward(field, mask, b0_dir, voxel_size, chi_init=None)``: pass ``chi_init`` (ppm) when
     chi0 was computed beforehand (training patches, sliding windows); it must come from the
@@ -90,7 +94,7 @@ class InversionResidualNet(QSMModel):
 
     def __init__(self, backbone: nn.Module, method: str = "tv", params: dict | None = None,
                  field_scale: float = 10.0, chi_scale: float = 0.1, pad_multiple: int = 8,
-                 mask_output: bool = True):
+                 mask_output: bool = True, residual_gain: float = 0.0):
         super().__init__()
         from dlqsm.pipeline.inversion import method_defaults
 
@@ -104,6 +108,7 @@ class InversionResidualNet(QSMModel):
         self.register_buffer("chi_scale", torch.tensor(float(chi_scale)))
         self.pad_multiple = int(pad_multiple)
         self.mask_output = bool(mask_output)
+        self.gain = nn.Parameter(torch.tensor(float(residual_gain)))
 
     def initial_estimate(self, field, mask=None, b0_dir=None, voxel_size=None) -> torch.Tensor:
         """chi0 of a whole batch (B, 1, X, Y, Z), ppm (no gradients)."""
@@ -118,13 +123,15 @@ class InversionResidualNet(QSMModel):
         chi0 = apply_mask(chi_init.to(field.dtype), mask)
         x = torch.cat([field * self.field_scale, chi0 / self.chi_scale], dim=1)
         x, shape = pad_to_multiple(x, self.pad_multiple)
-        chi = chi0 + crop_to(self.backbone(x), shape).to(chi0.dtype) * self.chi_scale
+        chi = chi0 + crop_to(self.backbone(x), shape).to(chi0.dtype) * (self.gain *
+                                                                         self.chi_scale)
         return apply_mask(chi, mask) if self.mask_output else chi
 
     def input_normalization(self) -> dict:
         return {"field_scale": scalar(self.field_scale), "chi_scale": scalar(self.chi_scale),
                 "rule": "net_input = [field_ppm * field_scale, chi0_ppm / chi_scale]; "
-                        "chi_ppm = chi0_ppm + net_output * chi_scale",
+                        "chi_ppm = chi0_ppm + gain * net_output * chi_scale",
+                "gain": scalar(self.gain.detach()),
                 "initial_estimate": {"method": self.method, "params": self.params},
                 "pad_multiple": self.pad_multiple, "uses_geometry": False}
 

@@ -58,9 +58,13 @@ def test_zero_backbone_gives_the_classical_inversion_and_init_can_be_passed():
 
 def test_backbone_output_is_scaled_and_masked():
     _, field, mask, _, _ = _case()
-    net = InversionResidualNet(Shift(), method="tkd", chi_scale=0.05)
+    net = InversionResidualNet(Shift(), method="tkd", chi_scale=0.05, residual_gain=0.5)
     init = torch.zeros_like(field)
-    torch.testing.assert_close(net(field, mask, chi_init=init), 0.05 * mask)
+    torch.testing.assert_close(net(field, mask, chi_init=init), 0.025 * mask)
+    # the default gain 0 starts from the classical estimate, and the gain is learned
+    fresh = InversionResidualNet(Shift(), method="tkd")
+    torch.testing.assert_close(fresh(field, mask, chi_init=init), init)
+    assert "gain" in dict(fresh.named_parameters())
     norm = net.input_normalization()
     assert norm["initial_estimate"] == {"method": "tkd", "params": {}}
     assert norm["uses_geometry"] is False and net.b0_aware is False
