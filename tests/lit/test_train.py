@@ -130,3 +130,41 @@ def test_ddp_two_cpu_processes(tmp_path):
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 2  # 8 samples / (2 processes x batch 2)
     assert "member: 2/2" in (proc.stdout + proc.stderr).lower()  # rank 1 joined
+
+
+def test_default_model_experiment_trains_on_head_patches(compose_cfg, tmp_path):
+    """experiment=default_model at reduced size: patches of stored heads with their TV estimate;
+    the module hands the stored estimate to the network (no inversion per training step)."""
+    from dlqsm.models import InversionResidualNet, WithInitialEstimate
+    from dlqsm.simulation.datasets import HeadCaseDataset
+    from dlqsm.simulation.disk import write_dataset
+
+    for split, seed, n in (("train", 0, 2), ("val", 1, 1)):
+        ds = WithInitialEstimate(HeadCaseDataset(n, seed=seed, shape=(32, 40, 32)),
+                                 method="tv", params={"max_iter": 5})
+        write_dataset(ds, tmp_path / "data" / "heads" / split, compress=False, progress=False)
+    cfg = compose_cfg(["experiment=default_model", "callbacks=minimal", "trainer.max_epochs=1",
+                       "data.train_dataset.patch_size=[16,16,16]",
+                       "data.val_dataset.patch_size=[16,16,16]",
+                       "data.train_dataset.patches_per_volume=2", "data.num_workers=0",
+                       "data.batch_size=2", "+model.params.max_iter=5",
+                       "model.backbone.channels=[4,8,16]", "model.backbone.strides=[2,2]",
+                       "model.pad_multiple=4", "trainer.num_sanity_val_steps=0",
+                       "trainer.precision=bf16-mixed"])
+    calls = []
+    original = InversionResidualNet.initial_estimate
+
+    def spy(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    InversionResidualNet.initial_estimate = spy
+    try:
+        metrics = train(cfg)
+    finally:
+        InversionResidualNet.initial_estimate = original
+    assert metrics["global_step"] == 2 and not calls
+    assert torch.isfinite(torch.tensor(metrics["val/nrmse"]))
+    net, meta = load_model(tmp_path / "checkpoints" / "last.ckpt")
+    assert isinstance(net, InversionResidualNet) and net.params == {"max_iter": 5}
+    assert meta["input_normalization"]["initial_estimate"]["method"] == "tv"
