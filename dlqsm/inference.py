@@ -395,6 +395,11 @@ def call_network(net: nn.Module, field: torch.Tensor, mask: torch.Tensor, b0_dir
 # Loading models
 # --------------------------------------------------------------------------------------------
 
+def default_model_installed() -> bool:
+    """Whether the shipped default model (:data:`DEFAULT_MODEL_DIR`) is present."""
+    return (DEFAULT_MODEL_DIR / "model.pt").is_file()
+
+
 def resolve_checkpoint(checkpoint=None) -> Path:
     """The checkpoint to load: ``checkpoint`` if given, else the shipped default model.
 
@@ -410,7 +415,7 @@ def resolve_checkpoint(checkpoint=None) -> Path:
                                  "or an exported model folder.")
         return p
     d = DEFAULT_MODEL_DIR
-    if d.is_dir() and any(d.iterdir()):
+    if default_model_installed():
         return d
     raise InputError(
         f"no checkpoint given and no default model is installed (expected {d}).",
