@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from dlqsm.benchmarking import hardware
-from dlqsm.inference import DEFAULT_MODEL_DIR, Predictor
+from dlqsm.inference import DEFAULT_MODEL_DIR, Predictor, default_model_installed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def parse_args(argv=None):
 
 def load_network(args):
     """(net, metadata, description) following the order in the module docstring."""
-    if args.checkpoint or (DEFAULT_MODEL_DIR.is_dir() and any(DEFAULT_MODEL_DIR.iterdir())):
+    if args.checkpoint or default_model_installed():
         from dlqsm.inference import load_network as load
 
         net, meta, path = load(args.checkpoint)
