@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from dlqsm.benchmarking import hardware
-from dlqsm.inference import DEFAULT_MODEL_DIR, Predictor, default_model_installed
+from dlqsm.inference import Predictor, default_model_installed
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -150,6 +150,15 @@ def test_trainer_options(compose, name):
 def test_experiment_options(compose, name):
     cfg = compose([f"experiment={name}", "logger=none"])
     assert isinstance(instantiate(cfg.model), QSMModel)
+    for split in ("train_dataset", "val_dataset"):
+        node = cfg.data[split]
+        if node._target_.endswith("DiskQSMDataset"):  # stored data: write a tiny set first
+            from dlqsm.models import WithInitialEstimate
+            from dlqsm.simulation.datasets import HeadCaseDataset
+            from dlqsm.simulation.disk import write_dataset
+
+            ds = WithInitialEstimate(HeadCaseDataset(1, shape=(24, 28, 24)), method="tkd")
+            write_dataset(ds, node.root, compress=False, progress=False)
     dm = instantiate(cfg.data, _convert_="all")
     assert len(dm.train_dataset) > 0
     assert cfg.trainer.max_epochs > 0

@@ -8,7 +8,9 @@ classical method) and adds a correction predicted by a 3D backbone from ``(field
 
 ``gain`` is a learned scalar that starts at ``residual_gain`` (0 by default, as in ReZero,
 Bachlechner et al. 2020), so an untrained model returns the classical estimate itself and
-training only ever moves away from it where that lowers the loss. The classical step runs on the *whole* volume (its result depends on the whole field), without
+training only ever moves away from it where that lowers the loss.
+
+The classical step runs on the *whole* volume (its result depends on the whole field), without
 gradients; the backbone is fully convolutional, so it is trained on random patches of whole-head
 ``chi0`` maps computed once (:class:`WithInitialEstimate`, written to disk by
 ``dlqsm simulate simulation=head_cases``) and applied to whole volumes or sliding windows of the
@@ -146,14 +148,17 @@ class WithInitialEstimate(Dataset):
     Args:
         dataset: the dataset, or a callable ``(length=, seed=) -> dataset`` (a Hydra partial).
         method, params: the classical inversion (must match the model's).
-        length, seed: passed to a callable ``dataset``.
+        length, seed, **settings: passed to a callable ``dataset`` (e.g. ``shape``; training
+            configs set ``simulation.shape`` for every recipe).
     """
 
     def __init__(self, dataset, method: str = "tv", params: dict | None = None,
-                 length: int | None = None, seed: int | None = None):
+                 length: int | None = None, seed: int | None = None, **settings):
         if callable(dataset) and not isinstance(dataset, Dataset):
             kwargs = {k: v for k, v in (("length", length), ("seed", seed)) if v is not None}
-            dataset = dataset(**kwargs)
+            dataset = dataset(**kwargs, **settings)
+        elif settings:
+            raise TypeError(f"settings {sorted(settings)} need a dataset factory, not a dataset")
         self.dataset = dataset
         self.method = str(method)
         self.params = dict(params or {})

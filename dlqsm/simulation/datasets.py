@@ -438,6 +438,7 @@ class HeadCaseConfig:
     padding: float = 0.25
     head_scale: float | tuple[float, float] | None = None
     lesion_prob: float = 0.4
+    max_tilt_deg: float = 0.0
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -452,7 +453,8 @@ class HeadCaseDataset(Dataset):
     (:func:`dlqsm.evaluation.cases.simulated_heads`, seeds 10**6 + k) only by coincidence. The
     local field is ``mask * D(mask * chi)`` with zero padding of ``padding`` times the matrix
     on each side, plus Gaussian noise (``noise_std`` ppm, a number or a range drawn per head)
-    inside the mask; B0 is along z. Keys follow the sample contract of this module.
+    inside the mask; B0 is along z, or tilted from it by up to ``max_tilt_deg`` (uniform tilt,
+    uniform azimuth). Keys follow the sample contract of this module.
 
     Use it to train on realistic, adult-sized anatomy (e.g. random patches of whole heads
     written by ``dlqsm simulate simulation=head_cases``) rather than heads shrunk into a small
@@ -465,6 +467,7 @@ class HeadCaseDataset(Dataset):
         padding: zero padding of the dipole convolution, a fraction of each matrix size.
         head_scale: head size (None: fitted to the field of view, at most adult size).
         lesion_prob: probability of haemorrhages / calcifications.
+        max_tilt_deg: largest angle between B0 and the voxel z axis (degrees).
     """
 
     def __init__(self, length: int = 16, seed: int = 0, **settings):
@@ -501,10 +504,15 @@ class HeadCaseDataset(Dataset):
         kwargs = {"lesion_prob": cfg.lesion_prob}
         if cfg.head_scale is not None:
             kwargs["scale"] = cfg.head_scale
-        case = simulate_head_case(cfg.shape, cfg.voxel_size, (0.0, 0.0, 1.0), seed=seed,
-                                  signal=False, padding=tuple(int(n * cfg.padding)
-                                                               for n in cfg.shape), **kwargs)
         g = make_generator(derive_seed(seed, 1))
+        b0 = (0.0, 0.0, 1.0)
+        if cfg.max_tilt_deg > 0:
+            tilt = math.radians(uniform_scalar(g, (0.0, float(cfg.max_tilt_deg))))
+            phi = uniform_scalar(g, (0.0, 2 * math.pi))
+            b0 = (math.sin(tilt) * math.cos(phi), math.sin(tilt) * math.sin(phi), math.cos(tilt))
+        case = simulate_head_case(cfg.shape, cfg.voxel_size, b0, seed=seed, signal=False,
+                                  padding=tuple(int(n * cfg.padding) for n in cfg.shape),
+                                  **kwargs)
         std = uniform_scalar(g, cfg.noise_std)
         mask = case.mask.float()
         fld = case.local_field.float()

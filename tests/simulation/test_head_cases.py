@@ -118,3 +118,10 @@ def test_simulate_head_cases_writes_the_tv_estimate(tmp_path):
 
     ref = invert(item["field"][0], item["mask"][0], method="tv", max_iter=10).chi
     torch.testing.assert_close(item["chi_init"][0], ref, atol=1e-6, rtol=1e-5)
+
+
+def test_head_case_b0_tilt_is_drawn_within_the_cone():
+    ds = HeadCaseDataset(4, seed=0, shape=(24, 28, 24), max_tilt_deg=30.0)
+    tilts = [float(np.degrees(np.arccos(ds[i]["b0_dir"][2]))) for i in range(4)]
+    assert all(0.0 <= t <= 30.0 + 1e-4 for t in tilts) and max(tilts) > 1.0
+    torch.testing.assert_close(ds[0]["b0_dir"].norm(), torch.tensor(1.0))
