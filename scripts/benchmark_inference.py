@@ -8,9 +8,9 @@ timing includes the rotation to the network's B0 axis and back).
 
 Reported per device, shape and mode: median and minimum wall time of
 :meth:`dlqsm.inference.Predictor.run` over ``--repeats`` runs after ``--warmup`` runs, the
-window size, and the peak memory (``torch.cuda.max_memory_allocated`` on CUDA; on the CPU the
-growth of the process's peak resident set size during the first run, 0 when an earlier run was
-already higher).
+window size, and the peak memory of the first run above its start
+(:class:`dlqsm.benchmarking.PeakMemory`: ``torch.cuda.max_memory_allocated`` on CUDA, the sampled
+resident set size on the CPU).
 
     python scripts/benchmark_inference.py --out docs/bench_inference.md
     python scripts/benchmark_inference.py --shapes 64x80x80 --repeats 1 --devices cpu
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import resource
 import statistics
 import sys
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from dlqsm.benchmarking import hardware
+from dlqsm.benchmarking import PeakMemory, hardware
 from dlqsm.inference import Predictor, default_model_installed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,31 +83,24 @@ def make_input(shape, tilt_deg: float):
     return (0.05 * smooth * mask).float(), mask, (math.sin(t), 0.0, math.cos(t))
 
 
-def _peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # kB on Linux
-
-
 def bench_one(pred: Predictor, field, mask, b0, repeats: int, warmup: int) -> dict:
     dev = pred.device
     f, m = field.to(dev), mask.to(dev)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-        base = torch.cuda.memory_allocated(dev)
-    rss0 = _peak_rss_gib()
-    times, info = [], {}
+    times, info, peak = [], {}, 0.0
     for i in range(warmup + repeats):
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        out = pred.run(f, m, voxel_size=(1.0, 1.0, 1.0), b0_dir=b0)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+        with PeakMemory(dev) as mem:
+            t0 = time.perf_counter()
+            out = pred.run(f, m, voxel_size=(1.0, 1.0, 1.0), b0_dir=b0)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            elapsed = time.perf_counter() - t0
         if i >= warmup:
-            times.append(time.perf_counter() - t0)
+            times.append(elapsed)
         info = out.info
         if i == 0:
-            peak = ((torch.cuda.max_memory_allocated(dev) - base) / 2 ** 30 if dev.type == "cuda"
-                    else _peak_rss_gib() - rss0)
+            peak = mem.peak_mb / 2 ** 10
     return {"median_s": statistics.median(times), "min_s": min(times), "peak_gib": peak,
             "mode": info.get("mode"), "roi": info.get("roi_size")}
 
