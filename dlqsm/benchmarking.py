@@ -110,3 +110,35 @@ def hardware() -> str:
     if torch.cuda.is_available():
         parts.append(f"GPU: {torch.cuda.get_device_name(0)}")
     return "; ".join(parts) + f"; torch {torch.__version__}"
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """``"164x205x205"`` -> (164, 205, 205)."""
+    dims = tuple(int(v) for v in str(text).lower().split("x"))
+    if len(dims) != 3 or min(dims) < 1:
+        raise ValueError(f"a shape is three positive sizes like 164x205x205, got {text!r}")
+    return dims
+
+
+def add_common_arguments(parser, *, shapes=("164x205x205",), repeats: int = 3,
+                         devices: bool = True) -> None:
+    """The options every benchmark script shares: --shapes, --devices, --repeats, --threads,
+    --out (read them back with :func:`common_setup`)."""
+    parser.add_argument("--shapes", nargs="+", default=list(shapes),
+                        help=f"XxYxZ (default {' '.join(shapes)})")
+    if devices:
+        parser.add_argument("--devices", nargs="+", default=None,
+                            help="cpu and/or cuda (default: cpu, plus cuda when available)")
+    parser.add_argument("--repeats", type=int, default=repeats,
+                        help=f"timed runs per case (default {repeats}; the median is reported)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--out", default=None, help="also write the markdown report here")
+
+
+def common_setup(args) -> tuple[list[tuple[int, int, int]], list[str]]:
+    """Apply --threads and return (shapes, devices) from :func:`add_common_arguments` options."""
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    devs = getattr(args, "devices", None) or (["cpu", "cuda"] if torch.cuda.is_available()
+                                              else ["cpu"])
+    return [parse_shape(s) for s in args.shapes], list(devs)

@@ -32,7 +32,7 @@ import sys
 
 import torch
 
-from dlqsm.benchmarking import fixed_mmap_threshold, measure
+from dlqsm.benchmarking import add_common_arguments, common_setup, fixed_mmap_threshold, measure
 from dlqsm.physics.dipole import DipoleOperator
 from dlqsm.physics.fft import kspace_grid
 from dlqsm.pipeline.background import DEFAULT_METHOD, METHODS, remove_background
@@ -142,9 +142,7 @@ def table(rows):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shapes", nargs="+", default=["164x205x205"], help="e.g. 164x205x205")
-    p.add_argument("--devices", nargs="+", default=None,
-                   help="cpu and/or cuda (default: cpu, plus cuda when available)")
+    add_common_arguments(p)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--phantom", choices=["head", "ellipsoid"], default="head",
                    help="head: dlqsm.simulation.head (falls back to ellipsoid if missing)")
@@ -152,12 +150,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="phantom seed")
     p.add_argument("--invert", action="store_true",
                    help="also report chi NRMSE (head phantom) after TV inversion of each result")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--out", default=None, help="also write the markdown report to this file")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    shapes, devices = common_setup(args)
     fixed_mmap_threshold()
     if args.phantom == "head":
         try:
@@ -166,11 +160,10 @@ def main(argv=None):
             print("dlqsm.simulation.head not importable: using the ellipsoid phantom",
                   file=sys.stderr)
             args.phantom = "ellipsoid"
-    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     rows = []
     for dev in devices:
-        for s in args.shapes:
-            rows += run(tuple(int(v) for v in s.lower().split("x")), torch.device(dev), args)
+        for shape in shapes:
+            rows += run(shape, torch.device(dev), args)
     cpu = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     gpu = f"; {torch.cuda.get_device_name()}" if "cuda" in devices else ""
     text = "\n".join([

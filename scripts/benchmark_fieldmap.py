@@ -33,7 +33,7 @@ import sys
 
 import torch
 
-from dlqsm.benchmarking import measure
+from dlqsm.benchmarking import add_common_arguments, common_setup, measure
 from dlqsm.physics.units import GAMMA_HZ_PER_T, ppm_to_phase
 from dlqsm.pipeline.coil import combine_coils
 from dlqsm.pipeline.echoes import fit_echoes
@@ -133,9 +133,7 @@ def table(rows):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shapes", nargs="+", default=["164x205x205"], help="e.g. 164x205x205")
-    p.add_argument("--devices", nargs="+", default=None,
-                   help="cpu and/or cuda (default: cpu, plus cuda when available)")
+    add_common_arguments(p)
     p.add_argument("--echoes", type=int, default=4)
     p.add_argument("--te1", type=float, default=0.004, help="first TE (s)")
     p.add_argument("--dte", type=float, default=None,
@@ -143,18 +141,12 @@ def main(argv=None):
     p.add_argument("--coils", type=int, default=4, help="0: single-channel (combined) data")
     p.add_argument("--b0", type=float, default=3.0, help="field strength (T)")
     p.add_argument("--noise", type=float, default=0.01, help="complex noise std per coil")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--out", default=None, help="also write the markdown report to this file")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    shapes, devices = common_setup(args)
     rows, accs = [], []
     for dev in devices:
         device = torch.device(dev)
-        for s in args.shapes:
-            shape = tuple(int(v) for v in s.lower().split("x"))
+        for s, shape in zip(args.shapes, shapes, strict=True):
             r, a = run(shape, device, args)
             rows += r
             accs.append((s, dev, a))

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from dlqsm.benchmarking import PeakMemory, hardware
+from dlqsm.benchmarking import PeakMemory, add_common_arguments, common_setup, hardware
 from dlqsm.inference import Predictor, default_model_installed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,19 +38,14 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", help="trained model (default: shipped model, else fresh)")
     p.add_argument("--model", default="unet", help="configs/model/<MODEL>.yaml for a fresh "
                    "network (default unet)")
-    p.add_argument("--shapes", nargs="+", default=["164x205x205"], help="XxYxZ (default "
-                   "164x205x205)")
-    p.add_argument("--devices", nargs="+", default=None, help="cpu cuda (default: cpu, and "
-                   "cuda when available)")
+    add_common_arguments(p)
     p.add_argument("--modes", nargs="+", default=["whole", "sliding"],
                    choices=["whole", "sliding"])
     p.add_argument("--roi", type=int, default=96, help="sliding-window size (default 96)")
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap (default 0.5)")
     p.add_argument("--b0-tilt", type=float, default=0.0, help="B0 tilt in degrees")
-    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
-    p.add_argument("--out", help="also write the markdown table to this file")
     return p.parse_args(argv)
 
 
@@ -107,7 +102,7 @@ def bench_one(pred: Predictor, field, mask, b0, repeats: int, warmup: int) -> di
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    shapes, devices = common_setup(args)
     net, meta, source = load_network(args)
     n_params = sum(p.numel() for p in net.parameters())
     lines = ["# Learned inference benchmark", "",
@@ -118,8 +113,7 @@ def main(argv=None) -> int:
              "|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for dev in devices:
-        for shape_text in args.shapes:
-            shape = tuple(int(s) for s in shape_text.lower().split("x"))
+        for shape_text, shape in zip(args.shapes, shapes, strict=True):
             field, mask, b0 = make_input(shape, args.b0_tilt)
             for mode in args.modes:
                 pred = Predictor.from_module(net, meta, device=dev, tile=(mode == "sliding"),

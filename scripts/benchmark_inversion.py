@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from dlqsm.benchmarking import PeakMemory
+from dlqsm.benchmarking import PeakMemory, parse_shape
 from dlqsm.physics.dipole import DipoleOperator
 from dlqsm.pipeline.inversion import METHODS, invert
 
@@ -192,7 +192,7 @@ def main(argv=None):
     device = torch.device(args.device)
     rows, sources = [], set()
     for s in args.shapes:
-        shape = tuple(int(v) for v in s.lower().split("x"))
+        shape = parse_shape(s)
         truth, mask, mag, field, source = phantom(shape, device, args.phantom)
         sources.add(source)
         gen = torch.Generator(device=device).manual_seed(1)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from dlqsm.benchmarking import PeakMemory
+from dlqsm.benchmarking import PeakMemory, add_common_arguments, common_setup
 from dlqsm.io.scan import Scan
 from dlqsm.metrics.functional import dgm_linearity, nrmse, xsim
 from dlqsm.pipeline.reconstruct import STAGES, reconstruct
@@ -77,9 +77,9 @@ def reference_scans(case) -> dict:
 
 
 def run_one(scan, case, device, args) -> dict:
-    """Best of ``args.repeat`` runs: stage timings, peak memory and scores."""
+    """Best of ``args.repeats`` runs: stage timings, peak memory and scores."""
     best = None
-    for _ in range(args.repeat):
+    for _ in range(args.repeats):
         probe = MemoryProbe(torch.device(device))
         res = reconstruct(scan, bfr=args.bfr, method=args.method, unwrap=args.unwrap,
                           device=device, progress=args.progress, stage_hook=probe)
@@ -102,7 +102,7 @@ def markdown(rows, args) -> str:
         "# Classical pipeline benchmark (`scripts/benchmark_pipeline.py`)", "",
         f"Simulated head (`simulate_head_case`, 1 mm, SNR 50, {args.echoes} echoes, 3 T), "
         f"unwrap `{args.unwrap}`, echo fit `wls`, background `{args.bfr}`, inversion "
-        f"`{args.method}`, given brain mask. Best of {args.repeat} run(s) after a warm-up.",
+        f"`{args.method}`, given brain mask. Best of {args.repeats} run(s) after a warm-up.",
         f"Host: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads. Target: whole chain "
         f"< {TARGET_S:.0f} s on a 2-core CPU.", "",
@@ -128,35 +128,26 @@ def markdown(rows, args) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shapes", nargs="+", default=["164x205x205"],
-                   help="volume shapes XxYxZ (default 164x205x205)")
+    add_common_arguments(p, repeats=1)
     p.add_argument("--echoes", type=int, default=4)
-    p.add_argument("--devices", nargs="+", default=None,
-                   help="cpu and/or cuda (default: cpu, plus cuda when available)")
     p.add_argument("--method", default="tv")
     p.add_argument("--bfr", default="pdf")
     p.add_argument("--unwrap", default="romeo")
-    p.add_argument("--repeat", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true", help="stage lines on stderr")
     p.add_argument("--no-references", dest="references", action="store_false",
                    help="skip the runs from the true total / local field")
-    p.add_argument("--out", type=Path, default=None, help="also write the markdown here")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    shapes, devices = common_setup(args)
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
     rows = []
     for device in devices:
         warm_up(device, args)
-        for shape_text in args.shapes:
-            shape = tuple(int(v) for v in shape_text.lower().split("x"))
+        for shape_text, shape in zip(args.shapes, shapes, strict=True):
             t0 = time.perf_counter()
             case, scan = simulate(shape, args.echoes, args.seed)
             print(f"simulated {shape_text} in {time.perf_counter() - t0:.1f} s; "
@@ -171,8 +162,8 @@ def main(argv=None) -> int:
     text = markdown(rows, args)
     print(text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
     return 0
 
 
