@@ -34,7 +34,11 @@ python - "$RUN" "$EXPORT" "$FORCE_FLAG" <<'PY'
 import sys
 from dlqsm.models import export_model
 run, out, force = sys.argv[1], sys.argv[2], sys.argv[3] == "--force"
-print("exported to", export_model(f"logs/train/runs/{run}/checkpoints/best.ckpt", out, force=force))
+extra = {"name": "dlqsm-default (tv-resunet-heads)", "model_card": "docs/model_card.md",
+         "training_data": "96 simulated adult heads (simulation=head_cases, seed 0), 164x205x205, "
+                          "1 mm, B0 along z; random 64^3 patches of field and TV estimate"}
+print("exported to", export_model(f"logs/train/runs/{run}/checkpoints/best.ckpt", out,
+                                  force=force, extra_metadata=extra))
 PY
 
 # 4. held-out heads (seeds >= 10^6): the model against TKD and TV-ADMM

@@ -110,11 +110,13 @@ def load_model(checkpoint_path, map_location="cpu") -> tuple[nn.Module, dict]:
     return net, metadata
 
 
-def export_model(checkpoint_path, out_dir, *, force: bool = False) -> Path:
+def export_model(checkpoint_path, out_dir, *, force: bool = False,
+                 extra_metadata: dict | None = None) -> Path:
     """Write the inference-only form of a trained model: ``out_dir/model.pt`` + metadata.json.
 
     ``model.pt`` holds the network config, its weights and the metadata (no optimizer state);
-    ``metadata.json`` is the same metadata, readable without Python.
+    ``metadata.json`` is the same metadata, readable without Python. ``extra_metadata`` entries
+    (e.g. ``name``, ``model_card``) are added to both.
     """
     path = resolve_checkpoint(checkpoint_path)
     info, _ = _read(path, "cpu")
@@ -123,6 +125,7 @@ def export_model(checkpoint_path, out_dir, *, force: bool = False) -> Path:
     out.path.mkdir(parents=True, exist_ok=True)
     metadata = dict(info.get("metadata") or {})
     metadata["exported_from"] = str(path)
+    metadata.update(extra_metadata or {})
     target = out.path / EXPORT_NAME
     tmp = target.with_name(f".{EXPORT_NAME}.tmp")
     torch.save({"format": "dlqsm-model/1", "net_config": info["net_config"],
