@@ -557,12 +557,28 @@ class Predictor:
             raise InputError("the mask is empty.", fix="give a brain mask with non-zero voxels.")
         plan = plan_geometry(self.spec, f.shape[-3:], vox, b0)
         t1 = time.perf_counter()
+        estimate = getattr(self.net, "initial_estimate", None)
         with torch.no_grad():
+            chi0 = init_m = None
+            if estimate is not None:
+                # a network refining a classical inversion: the inversion runs once, on the scan's
+                # own grid and geometry; only the learned correction is resampled
+                chi0 = estimate(f, m, torch.tensor([b0], dtype=torch.float32),
+                                torch.tensor([vox], dtype=torch.float32)).to(f.dtype) * m
             fm, mm = _masked_resample(plan.resampler.to_model, f, m)
+            if chi0 is not None:
+                init_m = _masked_resample(plan.resampler.to_model, chi0, m)[0] * mm
             t2 = time.perf_counter()
-            chi_m, mode = self._network(fm, mm, plan)
+            chi_m, mode = self._network(fm, mm, plan, init_m)
             t3 = time.perf_counter()
-            chi, covered = _masked_resample(plan.resampler.to_scan, chi_m, mm, threshold=1e-3)
+            if chi0 is None:
+                chi, covered = _masked_resample(plan.resampler.to_scan, chi_m, mm, threshold=1e-3)
+            else:
+                corr, covered = _masked_resample(plan.resampler.to_scan, (chi_m - init_m) * mm,
+                                                 mm, threshold=1e-3)
+                chi = chi0 + corr
+                mode = dict(mode, initial_estimate="computed on the scan grid; the network's "
+                                                   "correction resampled")
             uncovered = int((m * (1 - covered)).sum())
             chi = chi * m
             chi = (chi - chi[m > 0].mean()) * m
@@ -629,7 +645,8 @@ class Predictor:
         # never larger than the (padded) volume
         return tuple(min(r, int(math.ceil(s / d) * d)) for r, s in zip(roi, shape, strict=True))
 
-    def _network(self, field: torch.Tensor, mask: torch.Tensor, plan: GeometryPlan):
+    def _network(self, field: torch.Tensor, mask: torch.Tensor, plan: GeometryPlan,
+                 init: torch.Tensor | None = None):
         b0 = torch.tensor([plan.net_b0_dir], device=self.device, dtype=torch.float32)
         vox = torch.tensor([plan.net_voxel_size], device=self.device, dtype=torch.float32)
         tiled, why = self._choose_tiling(field.shape[-3:])
@@ -638,7 +655,9 @@ class Predictor:
         # (the inversion is not local), then sees it like an input channel, also in windows
         estimate = getattr(self.net, "initial_estimate", None)
         parts = [field, mask]
-        if estimate is not None:
+        if init is not None:
+            parts.append(init.to(field.dtype))
+        elif estimate is not None:
             parts.append(estimate(field, mask, b0, vox).to(field.dtype))
 
         def predictor(x):
