@@ -563,8 +563,9 @@ class Predictor:
             if estimate is not None:
                 # a network refining a classical inversion: the inversion runs once, on the scan's
                 # own grid and geometry; only the learned correction is resampled
-                chi0 = estimate(f, m, torch.tensor([b0], dtype=torch.float32),
-                                torch.tensor([vox], dtype=torch.float32)).to(f.dtype) * m
+                geo = [torch.as_tensor(np.asarray(v, dtype=np.float32)).reshape(1, 3)
+                       for v in (b0, vox)]
+                chi0 = estimate(f, m, *geo).to(f.dtype) * m
             fm, mm = _masked_resample(plan.resampler.to_model, f, m)
             if chi0 is not None:
                 init_m = _masked_resample(plan.resampler.to_model, chi0, m)[0] * mm
