@@ -142,3 +142,13 @@ def common_setup(args) -> tuple[list[tuple[int, int, int]], list[str]]:
     devs = getattr(args, "devices", None) or (["cpu", "cuda"] if torch.cuda.is_available()
                                               else ["cpu"])
     return [parse_shape(s) for s in args.shapes], list(devs)
+
+
+def report(text: str, out=None) -> None:
+    """Print a benchmark's markdown report and, with ``out``, also write it there."""
+    from pathlib import Path
+
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")

@@ -32,7 +32,13 @@ import sys
 
 import torch
 
-from dlqsm.benchmarking import add_common_arguments, common_setup, fixed_mmap_threshold, measure
+from dlqsm.benchmarking import (
+    add_common_arguments,
+    common_setup,
+    fixed_mmap_threshold,
+    measure,
+    report,
+)
 from dlqsm.physics.dipole import DipoleOperator
 from dlqsm.physics.fft import kspace_grid
 from dlqsm.pipeline.background import DEFAULT_METHOD, METHODS, remove_background
@@ -172,10 +178,7 @@ def main(argv=None):
         "demeaned local-field error relative to the RMS of the demeaned true local field, over "
         "the valid mask and over the full brain mask with eroded voxels counted as 0.", "",
         table(rows)])
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    report(text, args.out)
 
 
 if __name__ == "__main__":

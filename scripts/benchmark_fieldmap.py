@@ -33,7 +33,7 @@ import sys
 
 import torch
 
-from dlqsm.benchmarking import add_common_arguments, common_setup, measure
+from dlqsm.benchmarking import add_common_arguments, common_setup, measure, report
 from dlqsm.physics.units import GAMMA_HZ_PER_T, ppm_to_phase
 from dlqsm.pipeline.coil import combine_coils
 from dlqsm.pipeline.echoes import fit_echoes
@@ -163,10 +163,7 @@ def main(argv=None):
                      f" nonlinear {100 * a['nonlinear'][0]:.3f}%; RMS error"
                      f" {a['linear'][1]:.4f} / {a['nonlinear'][1]:.4f} ppm")
     text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    report(text, args.out)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from dlqsm.benchmarking import PeakMemory, parse_shape
+from dlqsm.benchmarking import PeakMemory, parse_shape, report
 from dlqsm.physics.dipole import DipoleOperator
 from dlqsm.pipeline.inversion import METHODS, invert
 
@@ -209,10 +209,7 @@ def main(argv=None):
               f"{', '.join(sorted(sources))}; noise {args.noise} ppm; median of {args.repeats}; "
               f"peak memory above the start level in MiB ({how}).")
     text = table(rows, header)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+    report(text, args.out)
 
 
 if __name__ == "__main__":

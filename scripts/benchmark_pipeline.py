@@ -22,11 +22,10 @@ import platform
 import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 
-from dlqsm.benchmarking import PeakMemory, add_common_arguments, common_setup
+from dlqsm.benchmarking import PeakMemory, add_common_arguments, common_setup, report
 from dlqsm.io.scan import Scan
 from dlqsm.metrics.functional import dgm_linearity, nrmse, xsim
 from dlqsm.pipeline.reconstruct import STAGES, reconstruct
@@ -160,10 +159,7 @@ def main(argv=None) -> int:
                                  **run_one(ref, case, device, args)})
             del case, scan
     text = markdown(rows, args)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+    report(text, args.out)
     return 0
 
 

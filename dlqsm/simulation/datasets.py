@@ -311,7 +311,33 @@ def random_blob(shape: Sequence[int], voxel_size, generator, *, device=None) -> 
     return torch.sqrt(r2) + 0.12 * noise < 1.0
 
 
-class SimulatedQSMDataset(Dataset):
+class SeededDataset(Dataset):
+    """Map-style dataset whose item ``i`` depends only on (``seed``, ``i``).
+
+    Subclasses implement ``sample_with_meta(index) -> (sample, meta)``; ``__getitem__`` returns
+    the sample.
+    """
+
+    length: int
+    seed: int
+    item_name = "samples"
+
+    def __len__(self) -> int:
+        return self.length
+
+    def sample_seed(self, index: int) -> int:
+        """The seed of item ``index``."""
+        return derive_seed(self.seed, index)
+
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for {self.length} {self.item_name}")
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.sample_with_meta(int(index))[0]
+
+
+class SimulatedQSMDataset(SeededDataset):
     """Map-style dataset of simulated QSM training pairs (deterministic per index).
 
     Args:
@@ -357,25 +383,14 @@ class SimulatedQSMDataset(Dataset):
         self.simulator = Simulator(self.config)
         self._batch_counter = 0
 
-    def __len__(self) -> int:
-        return self.length
-
-    def sample_seed(self, index: int) -> int:
-        """The seed of sample ``index``."""
-        return derive_seed(self.seed, index)
-
     def sample_with_meta(self, index: int):
         """Sample ``index`` and its metadata dict (seed, source, b0_dir, voxel size, ...)."""
-        if not 0 <= index < self.length:
-            raise IndexError(f"index {index} out of range for {self.length} samples")
+        self._check_index(index)
         g = make_generator(self.sample_seed(index))
         batch, meta = self.simulator.generate(1, g, with_meta=True)
         sample = {k: v[0] for k, v in batch.items()}
         meta = dict(meta[0], index=int(index), seed=self.sample_seed(index))
         return sample, meta
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return self.sample_with_meta(int(index))[0]
 
     def generate_batch(self, batch_size: int, device=None,
                        generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -445,7 +460,7 @@ class HeadCaseConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-class HeadCaseDataset(Dataset):
+class HeadCaseDataset(SeededDataset):
     """Whole simulated heads on a scanner-sized grid, built exactly like the evaluation heads.
 
     Item ``i`` is :func:`dlqsm.simulation.head.simulate_head_case` (no signal) with the seed
@@ -470,6 +485,8 @@ class HeadCaseDataset(Dataset):
         max_tilt_deg: largest angle between B0 and the voxel z axis (degrees).
     """
 
+    item_name = "heads"
+
     def __init__(self, length: int = 16, seed: int = 0, **settings):
         names = {f.name for f in fields(HeadCaseConfig)}
         unknown = sorted(set(settings) - names)
@@ -486,19 +503,11 @@ class HeadCaseDataset(Dataset):
         self.seed = int(seed)
         self.config = HeadCaseConfig(**settings)
 
-    def __len__(self) -> int:
-        return self.length
-
-    def sample_seed(self, index: int) -> int:
-        """The seed of head ``index``."""
-        return derive_seed(self.seed, index)
-
     def sample_with_meta(self, index: int):
         """Head ``index`` (sample contract, unbatched) and its metadata dict."""
         from dlqsm.simulation.head import simulate_head_case
 
-        if not 0 <= index < self.length:
-            raise IndexError(f"index {index} out of range for {self.length} heads")
+        self._check_index(index)
         cfg = self.config
         seed = self.sample_seed(index)
         kwargs = {"lesion_prob": cfg.lesion_prob}
@@ -526,9 +535,6 @@ class HeadCaseDataset(Dataset):
                 "head_scale": float(case.phantom.scale), "lesions": bool(case.phantom.has_lesions),
                 "noise_std": std}
         return sample, meta
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return self.sample_with_meta(int(index))[0]
 
 
 from dlqsm.simulation.disk import DiskQSMDataset  # noqa: E402  (re-exported for configs)
