@@ -652,14 +652,9 @@ class Predictor:
         vox = torch.tensor([plan.net_voxel_size], device=self.device, dtype=torch.float32)
         tiled, why = self._choose_tiling(field.shape[-3:])
 
-        # a network refining a classical inversion gets it computed once on the whole volume
-        # (the inversion is not local), then sees it like an input channel, also in windows
-        estimate = getattr(self.net, "initial_estimate", None)
-        parts = [field, mask]
-        if init is not None:
-            parts.append(init.to(field.dtype))
-        elif estimate is not None:
-            parts.append(estimate(field, mask, b0, vox).to(field.dtype))
+        # a network refining a classical inversion gets it (computed once on the whole scan by
+        # run()) like an input channel, also in windows
+        parts = [field, mask] if init is None else [field, mask, init.to(field.dtype)]
 
         def predictor(x):
             with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):

@@ -18,7 +18,7 @@ DEFAULT_B0 = (0.0, 0.0, 1.0)
 DEFAULT_VOXEL = (1.0, 1.0, 1.0)
 
 
-def _per_sample(value, batch: int, default, device) -> torch.Tensor:
+def per_sample(value, batch: int, default, device) -> torch.Tensor:
     """``value`` as a float64 tensor (B, 3) on CPU (None -> ``default`` for every sample)."""
     if value is None:
         value = default
@@ -52,8 +52,8 @@ class BatchDipole:
 
     def __init__(self, shape, voxel_size, b0_dir, batch: int, *, padding=0, device=None,
                  dtype=torch.float32):
-        vox = _per_sample(voxel_size, batch, DEFAULT_VOXEL, device)
-        b0 = _per_sample(b0_dir, batch, DEFAULT_B0, device)
+        vox = per_sample(voxel_size, batch, DEFAULT_VOXEL, device)
+        b0 = per_sample(b0_dir, batch, DEFAULT_B0, device)
         self.batch = batch
         self.groups: list[tuple[torch.Tensor, DipoleOperator]] = []
         unique = torch.unique(vox, dim=0)

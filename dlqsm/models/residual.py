@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dlqsm.models.base import QSMModel, apply_mask, crop_to, pad_to_multiple, scalar
+from dlqsm.models.physics import DEFAULT_B0, DEFAULT_VOXEL, per_sample
 
 INIT_KEY = "chi_init"
 """Batch/sample key of a precomputed classical estimate (ppm, (1, X, Y, Z))."""
@@ -47,8 +48,8 @@ def classical_estimate(field: torch.Tensor, mask: torch.Tensor | None = None, b0
 
     params = dict(params or {})
     batch = field.shape[0]
-    b0 = _rows(b0_dir, batch, (0.0, 0.0, 1.0))
-    vox = _rows(voxel_size, batch, (1.0, 1.0, 1.0))
+    b0 = per_sample(b0_dir, batch, DEFAULT_B0, None).tolist()
+    vox = per_sample(voxel_size, batch, DEFAULT_VOXEL, None).tolist()
     out = torch.zeros_like(field, dtype=torch.float32)
     with torch.no_grad():
         for i in range(batch):
@@ -59,15 +60,6 @@ def classical_estimate(field: torch.Tensor, mask: torch.Tensor | None = None, b0
             res = invert(f, m, method=method, voxel_size=vox[i], b0_dir=b0[i], **params)
             out[i, 0] = res.chi.to(out.dtype)
     return out
-
-
-def _rows(value, batch: int, default) -> list[tuple[float, float, float]]:
-    if value is None:
-        return [tuple(default)] * batch
-    t = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
-    if t.ndim == 1:
-        t = t.expand(batch, 3)
-    return [tuple(float(v) for v in row) for row in t]
 
 
 class InversionResidualNet(QSMModel):

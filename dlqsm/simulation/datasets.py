@@ -53,6 +53,7 @@ from dlqsm.simulation.random import (
     make_generator,
     rand,
     randn,
+    random_b0_dirs,
     uniform,
     uniform_scalar,
 )
@@ -468,8 +469,8 @@ class HeadCaseDataset(SeededDataset):
     (:func:`dlqsm.evaluation.cases.simulated_heads`, seeds 10**6 + k) only by coincidence. The
     local field is ``mask * D(mask * chi)`` with zero padding of ``padding`` times the matrix
     on each side, plus Gaussian noise (``noise_std`` ppm, a number or a range drawn per head)
-    inside the mask; B0 is along z, or tilted from it by up to ``max_tilt_deg`` (uniform tilt,
-    uniform azimuth). Keys follow the sample contract of this module.
+    inside the mask; B0 is along z, or uniform on the cap within ``max_tilt_deg`` of z (as in
+    :class:`SimulatedQSMDataset`). Keys follow the sample contract of this module.
 
     Use it to train on realistic, adult-sized anatomy (e.g. random patches of whole heads
     written by ``dlqsm simulate simulation=head_cases``) rather than heads shrunk into a small
@@ -515,10 +516,8 @@ class HeadCaseDataset(SeededDataset):
             kwargs["scale"] = cfg.head_scale
         g = make_generator(derive_seed(seed, 1))
         b0 = (0.0, 0.0, 1.0)
-        if cfg.max_tilt_deg > 0:
-            tilt = math.radians(uniform_scalar(g, (0.0, float(cfg.max_tilt_deg))))
-            phi = uniform_scalar(g, (0.0, 2 * math.pi))
-            b0 = (math.sin(tilt) * math.cos(phi), math.sin(tilt) * math.sin(phi), math.cos(tilt))
+        if cfg.max_tilt_deg > 0:  # no draw at 0: the noise of untilted heads stays the same
+            b0 = tuple(random_b0_dirs(g, 1, cfg.max_tilt_deg)[0].tolist())
         case = simulate_head_case(cfg.shape, cfg.voxel_size, b0, seed=seed, signal=False,
                                   padding=tuple(int(n * cfg.padding) for n in cfg.shape),
                                   **kwargs)
