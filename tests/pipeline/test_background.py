@@ -47,13 +47,18 @@ def _coords(n, vox=(1.0, 1.0, 1.0), shift=0.0):
     return torch.meshgrid(*c, indexing="ij")
 
 
-def _phantom(b0, n=N):
-    """(total field, true local field, brain mask), ppm."""
-    g = torch.Generator().manual_seed(1)
+def _brain(n):
+    """Voxel coordinates, the ellipsoid's semi-axes, its normalised radius r, mask r <= 1."""
     x, y, z = _coords(n)
     ax = torch.tensor([0.34, 0.4, 0.3]) * n
     r = ((x / ax[0]) ** 2 + (y / ax[1]) ** 2 + (z / ax[2]) ** 2).sqrt()
-    mask = r <= 1
+    return x, y, z, ax, r, r <= 1
+
+
+def _phantom(b0, n=N):
+    """(total field, true local field, brain mask), ppm."""
+    g = torch.Generator().manual_seed(1)
+    x, y, z, ax, r, mask = _brain(n)
     inner = torch.zeros(n, n, n)
     placed = 0
     while placed < 8:  # spheres with 3 voxels of brain around them
@@ -131,10 +136,7 @@ def _rim_phantom(b0, n=N):
     """(total, local, mask): 0.3 ppm balls cut by the mask rim (like veins at the brain surface)
     plus a skull shell and air starting 3.6-4.3 voxels outside the mask, ppm."""
     g = torch.Generator().manual_seed(3)
-    x, y, z = _coords(n)
-    ax = torch.tensor([0.34, 0.4, 0.3]) * n
-    r = ((x / ax[0]) ** 2 + (y / ax[1]) ** 2 + (z / ax[2]) ** 2).sqrt()
-    mask = r <= 1
+    x, y, z, ax, r, mask = _brain(n)
     inner = torch.zeros(n, n, n)
     for _ in range(12):
         d = torch.randn(3, generator=g)
