@@ -277,9 +277,9 @@ def test_bad_inputs_raise_input_errors(tmp_path):
 
 
 def test_missing_default_model_names_the_flag(monkeypatch, tmp_path):
-    import dlqsm.inference as inference
+    import dlqsm.models.loading as loading
 
-    monkeypatch.setattr(inference, "DEFAULT_MODEL_DIR", tmp_path / "absent")
+    monkeypatch.setattr(loading, "DEFAULT_MODEL_DIR", tmp_path / "absent")
     with pytest.raises(InputError, match="--checkpoint"):
         Predictor()
 
@@ -360,12 +360,12 @@ def test_cuda_amp_and_memory_estimate(tmp_path):
 
 
 def test_exported_model_serves_as_the_default(tmp_path, monkeypatch):
-    import dlqsm.inference as inference
-    from dlqsm.models.build import export_model
+    import dlqsm.models.loading as loading
+    from dlqsm.models.loading import export_model
 
     save_tiny_checkpoint(tmp_path / "tiny.ckpt")
     export_model(tmp_path / "tiny.ckpt", tmp_path / "default_model")
-    monkeypatch.setattr(inference, "DEFAULT_MODEL_DIR", tmp_path / "default_model")
+    monkeypatch.setattr(loading, "DEFAULT_MODEL_DIR", tmp_path / "default_model")
     chi, mask = smooth_phantom((24, 20, 22), (1, 1, 1), radius=8)
     a = Predictor(device="cpu").predict(chi, mask, voxel_size=1, b0_dir=Z)
     b = Predictor(tmp_path / "tiny.ckpt", device="cpu").predict(chi, mask, voxel_size=1,

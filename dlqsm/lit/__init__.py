@@ -13,7 +13,7 @@ from dlqsm.lit.datamodule import MixtureDataset, QSMDataModule
 from dlqsm.lit.losses import CompositeLoss
 from dlqsm.lit.module import QSMLitModule
 from dlqsm.lit.train import train
-from dlqsm.models.build import export_model, load_model
+from dlqsm.models.loading import export_model, load_model
 
 __all__ = ["QSMLitModule", "QSMDataModule", "MixtureDataset", "CompositeLoss", "train",
            "load_model", "export_model"]

@@ -19,7 +19,7 @@ from torch import nn
 
 from dlqsm.lit.metadata import GeometryTracker, build_metadata, git_revision
 from dlqsm.metrics.wrappers import qsm_metric_collection
-from dlqsm.models.build import CHECKPOINT_KEY
+from dlqsm.models.loading import CHECKPOINT_KEY
 from dlqsm.models.residual import INIT_KEY
 
 BATCH_KEYS = ("field", "mask", "b0_dir", "voxel_size")

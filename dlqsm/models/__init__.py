@@ -5,7 +5,7 @@ fields and susceptibility in ppm (see :mod:`dlqsm.models.base`).
 """
 
 from dlqsm.models.base import QSMModel
-from dlqsm.models.build import build_from_config, export_model, load_model
+from dlqsm.models.loading import build_from_config, export_model, load_model
 from dlqsm.models.physics import BatchDipole, batch_dipole, tkd
 from dlqsm.models.residual import InversionResidualNet, WithInitialEstimate, classical_estimate
 from dlqsm.models.unrolled import ConvPrior, UnrolledQSM

@@ -1,0 +1,261 @@
+"""The :class:`Predictor`: susceptibility (ppm) from a local field (ppm) with a trained network.
+
+It composes the parts of :mod:`dlqsm.inference`: what the network expects
+(:class:`~dlqsm.inference.spec.ModelSpec`), the grid it sees
+(:func:`~dlqsm.inference.resampling.plan_geometry`), whether the volume fits in memory
+(:mod:`~dlqsm.inference.memory`) and how the network is called
+(:func:`~dlqsm.inference.network.call_network`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from dlqsm.errors import InputError
+from dlqsm.inference.memory import available_memory_bytes, bytes_per_voxel
+from dlqsm.inference.network import call_network, load_network
+from dlqsm.inference.resampling import GeometryPlan, masked_resample, plan_geometry
+from dlqsm.inference.spec import ModelSpec, roi_triple
+from dlqsm.models.base import crop_to, pad_to_multiple
+from dlqsm.physics.geometry import (
+    b0_dir_from_affine,
+    normalize_b0_dir,
+    normalize_voxel_size,
+    voxel_size_from_affine,
+)
+
+
+@dataclass
+class Prediction:
+    """Result of :meth:`Predictor.run`: chi (ppm, input grid, referenced) and a record."""
+
+    chi: np.ndarray | torch.Tensor
+    info: dict = field(default_factory=dict)
+
+
+def _volume_3d(x, what: str) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    if t.ndim == 5 and t.shape[:2] == (1, 1):
+        t = t[0, 0]
+    if t.ndim != 3:
+        raise InputError(f"the {what} must be a 3D volume (X, Y, Z); got shape {tuple(t.shape)}.",
+                         fix="select one volume (e.g. combine echoes first).")
+    return t
+
+
+class Predictor:
+    """Susceptibility (ppm) from a local field (ppm) with a trained network.
+
+    Args:
+        checkpoint: model checkpoint or exported model folder; None for the default model
+            shipped in ``dlqsm/assets/default_model/``.
+        device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+        tile: None to choose whole-volume or sliding-window inference from a memory estimate;
+            True to force sliding windows; False to force whole-volume.
+        roi_size: sliding-window size (voxels; one or three ints), default the model's.
+        overlap: fractional overlap of neighbouring windows.
+        sw_batch_size: windows per network call.
+        amp: float16 autocast on CUDA (ignored on the CPU).
+        memory_fraction: fraction of the free device memory the estimate may use.
+        progress: show a progress bar over windows.
+
+    Example::
+
+        pred = Predictor("model.ckpt")
+        chi = pred.predict(local_field, mask, voxel_size=(1, 1, 2), b0_dir=(0.1, 0, 0.99))
+    """
+
+    def __init__(self, checkpoint=None, *, device="auto", tile: bool | None = None,
+                 roi_size=None, overlap: float = 0.5, sw_batch_size: int = 1, amp: bool = False,
+                 memory_fraction: float = 0.5, progress: bool = False, _net=None, _meta=None):
+        if _net is None:
+            net, meta, path = load_network(checkpoint)
+        else:
+            net, meta, path = _net, dict(_meta or {}), checkpoint
+        from dlqsm.pipeline.reconstruct import resolve_device
+
+        self.device = resolve_device(device)
+        self.net = net.to(self.device).eval()
+        self.metadata = meta
+        self.checkpoint = None if path is None else str(path)
+        self.spec = ModelSpec.from_metadata(meta, net)
+        if roi_size is not None:
+            self.spec.roi_size = roi_triple(roi_size)
+        if not 0 <= overlap < 1:
+            raise InputError(f"overlap must be in [0, 1), got {overlap}.")
+        self.tile, self.overlap, self.sw_batch_size = tile, float(overlap), int(sw_batch_size)
+        self.amp = bool(amp) and self.device.type == "cuda"
+        self.memory_fraction, self.progress = float(memory_fraction), bool(progress)
+        self._bpv: float | None = None
+
+    @classmethod
+    def from_module(cls, net: nn.Module, metadata: dict | None = None, **kwargs) -> Predictor:
+        """A predictor around an in-memory network (``metadata`` as in a checkpoint)."""
+        return cls(None, _net=net, _meta=metadata, **kwargs)
+
+    # -- public API -------------------------------------------------------------------------
+
+    def predict(self, local_field, mask, *, voxel_size=None, b0_dir=None, affine=None):
+        """chi (ppm) from ``local_field`` (ppm) and ``mask``; see :meth:`run`."""
+        return self.run(local_field, mask, voxel_size=voxel_size, b0_dir=b0_dir,
+                        affine=affine).chi
+
+    def run(self, local_field, mask, *, voxel_size=None, b0_dir=None, affine=None) -> Prediction:
+        """Predict chi and return it with a record of what was done.
+
+        Args:
+            local_field: (X, Y, Z) local (tissue) field in ppm, numpy or torch.
+            mask: (X, Y, Z) brain mask (non-zero inside).
+            voxel_size: voxel size in mm; from ``affine`` when None.
+            b0_dir: unit B0 vector in voxel coordinates; from ``affine`` when None.
+            affine: (4, 4) voxel-to-world matrix, used when the two above are not given.
+
+        Returns:
+            :class:`Prediction` with ``chi`` (X, Y, Z) in ppm (numpy for numpy input, a tensor on
+            the input's device for tensor input), zero outside the mask and with zero mean
+            inside it; ``info`` holds the geometry plan, inference mode and timings (s).
+        """
+        t0 = time.perf_counter()
+        field_t, mask_t = _volume_3d(local_field, "local field"), _volume_3d(mask, "mask")
+        if field_t.shape != mask_t.shape:
+            raise InputError(f"local field {tuple(field_t.shape)} and mask "
+                             f"{tuple(mask_t.shape)} are on different grids.",
+                             fix="give a mask on the grid of the field.")
+        vox, b0 = self._geometry_inputs(voxel_size, b0_dir, affine)
+        if not torch.isfinite(field_t).all():
+            raise InputError("the local field contains NaN/inf values.",
+                             fix="set them to 0 and exclude them from the mask.")
+        out_device = field_t.device
+        f = field_t.to(self.device, torch.float32)[None, None]
+        m = (mask_t.to(self.device) != 0).float()[None, None]
+        if m.sum() == 0:
+            raise InputError("the mask is empty.", fix="give a brain mask with non-zero voxels.")
+        plan = plan_geometry(self.spec, f.shape[-3:], vox, b0)
+        t1 = time.perf_counter()
+        estimate = getattr(self.net, "initial_estimate", None)
+        with torch.no_grad():
+            chi0 = init_m = None
+            if estimate is not None:
+                # a network refining a classical inversion: the inversion runs once, on the scan's
+                # own grid and geometry; only the learned correction is resampled
+                geo = [torch.as_tensor(np.asarray(v, dtype=np.float32)).reshape(1, 3)
+                       for v in (b0, vox)]
+                chi0 = estimate(f, m, *geo).to(f.dtype) * m
+            fm, mm = masked_resample(plan.resampler.to_model, f, m)
+            if chi0 is not None:
+                init_m = masked_resample(plan.resampler.to_model, chi0, m)[0] * mm
+            t2 = time.perf_counter()
+            chi_m, mode = self._network(fm, mm, plan, init_m)
+            t3 = time.perf_counter()
+            if chi0 is None:
+                chi, covered = masked_resample(plan.resampler.to_scan, chi_m, mm, threshold=1e-3)
+            else:
+                corr, covered = masked_resample(plan.resampler.to_scan, (chi_m - init_m) * mm,
+                                                 mm, threshold=1e-3)
+                chi = chi0 + corr
+                mode = dict(mode, initial_estimate="computed on the scan grid; the network's "
+                                                   "correction resampled")
+            uncovered = int((m * (1 - covered)).sum())
+            chi = chi * m
+            chi = (chi - chi[m > 0].mean()) * m
+        t4 = time.perf_counter()
+        info = {"model": self.spec.name, "checkpoint": self.checkpoint,
+                "device": str(self.device), "amp": self.amp, **mode, **plan.describe(),
+                "voxel_size_mm": [float(v) for v in vox], "b0_dir": [float(v) for v in b0],
+                "reference": "mean inside the mask subtracted; zero outside the mask",
+                "uncovered_mask_voxels": uncovered,
+                "units": "ppm",
+                "timings_s": {"prepare": t1 - t0, "resample": (t2 - t1) + (t4 - t3),
+                              "network": t3 - t2, "total": t4 - t0}}
+        out = chi[0, 0]
+        if isinstance(local_field, torch.Tensor):
+            return Prediction(out.to(out_device), info)
+        return Prediction(out.cpu().numpy(), info)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _geometry_inputs(voxel_size, b0_dir, affine):
+        if affine is not None:
+            affine = np.asarray(affine, dtype=np.float64)
+        if voxel_size is None:
+            if affine is None:
+                raise InputError("the voxel size is unknown.",
+                                 fix="pass voxel_size (mm) or the NIfTI affine.")
+            voxel_size = voxel_size_from_affine(affine)
+        if b0_dir is None:
+            if affine is None:
+                raise InputError("the B0 direction is unknown.",
+                                 fix="pass b0_dir (voxel coordinates) or the NIfTI affine.")
+            b0_dir = b0_dir_from_affine(affine)
+        return normalize_voxel_size(voxel_size), normalize_b0_dir(b0_dir)
+
+    def memory_estimate(self, shape: Sequence[int]) -> dict:
+        """Estimated bytes for whole-volume inference at ``shape`` and the budget available."""
+        if self._bpv is None:
+            self._bpv = bytes_per_voxel(self.net, self.spec, self.device)
+        d = self.spec.size_divisor
+        vox = float(np.prod([math.ceil(s / d) * d for s in shape]))
+        budget = self.memory_fraction * available_memory_bytes(self.device)
+        return {"bytes_per_voxel": self._bpv, "whole_volume_bytes": self._bpv * vox,
+                "budget_bytes": budget}
+
+    def _choose_tiling(self, shape) -> tuple[bool, dict]:
+        if self.tile is not None:
+            return bool(self.tile), {"tiling_reason": "forced"}
+        est = self.memory_estimate(shape)
+        tiled = est["whole_volume_bytes"] > est["budget_bytes"]
+        return tiled, {"tiling_reason": "memory estimate",
+                       "estimated_whole_volume_gib": est["whole_volume_bytes"] / 2 ** 30,
+                       "memory_budget_gib": est["budget_bytes"] / 2 ** 30}
+
+    def _window_size(self, shape) -> tuple[int, int, int]:
+        """The sliding-window size: the spec's, shrunk to fit memory, a multiple of the divisor."""
+        d = self.spec.size_divisor
+        roi = [max(d, int(math.ceil(r / d) * d)) for r in self.spec.roi_size]
+        if self.tile is None and self._bpv is not None:
+            budget = self.memory_fraction * available_memory_bytes(self.device)
+            while np.prod(roi) * self._bpv * self.sw_batch_size > budget and max(roi) > 2 * d:
+                i = int(np.argmax(roi))
+                roi[i] -= d
+        # never larger than the (padded) volume
+        return tuple(min(r, int(math.ceil(s / d) * d)) for r, s in zip(roi, shape, strict=True))
+
+    def _network(self, field: torch.Tensor, mask: torch.Tensor, plan: GeometryPlan,
+                 init: torch.Tensor | None = None):
+        b0 = torch.tensor([plan.net_b0_dir], device=self.device, dtype=torch.float32)
+        vox = torch.tensor([plan.net_voxel_size], device=self.device, dtype=torch.float32)
+        tiled, why = self._choose_tiling(field.shape[-3:])
+
+        # a network refining a classical inversion gets it (computed once on the whole scan by
+        # run()) like an input channel, also in windows
+        parts = [field, mask] if init is None else [field, mask, init.to(field.dtype)]
+
+        def predictor(x):
+            with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
+                y = call_network(self.net, x[:, :1], x[:, 1:2], b0, vox,
+                                 chi_init=x[:, 2:3] if x.shape[1] > 2 else None)
+            return y.float()
+
+        x = torch.cat(parts, dim=1)
+        if not tiled:
+            xp, shape = pad_to_multiple(x, self.spec.size_divisor)
+            return crop_to(predictor(xp), shape), {"mode": "whole-volume", **why}
+        from monai.inferers import sliding_window_inference
+
+        roi = self._window_size(x.shape[-3:])
+        y = sliding_window_inference(x, roi, self.sw_batch_size, predictor, overlap=self.overlap,
+                                     mode="gaussian", progress=self.progress)
+        return y, {"mode": "sliding-window", "roi_size": list(roi), "overlap": self.overlap, **why}
+
+    def describe(self) -> dict:
+        """Model information for records: checkpoint, spec and metadata."""
+        return {"checkpoint": self.checkpoint, "spec": asdict(self.spec),
+                "metadata": self.metadata}
