@@ -22,7 +22,7 @@ import torch
 
 from dlqsm.benchmarking import hardware
 from dlqsm.simulation.datasets import SimulatedQSMDataset
-from dlqsm.simulation.random import make_generator
+from dlqsm.simulation.rng import make_generator
 
 
 def _sync(device: str) -> None:

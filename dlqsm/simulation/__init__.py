@@ -2,9 +2,13 @@
 
 * :mod:`~dlqsm.simulation.shapes`: random geometric sources (ellipsoids, boxes, cylinders,
   tubes, capsules), rasterised in a vectorised pass over a batch;
-* :mod:`~dlqsm.simulation.head`: a procedural head phantom with labelled anatomy, veins,
-  lesions, skull and air; :func:`~dlqsm.simulation.head.simulate_head_case` gives a complete
-  simulated scan;
+* :mod:`~dlqsm.simulation.anatomy`: the head phantom's anatomy tables (labels, susceptibility
+  ranges, M0/R2*, positions of nuclei, ventricles and air spaces);
+* :mod:`~dlqsm.simulation.phantom`: the procedural head phantom (labelled anatomy, veins,
+  lesions, skull and air) drawn on any grid;
+* :mod:`~dlqsm.simulation.head`: :func:`~dlqsm.simulation.head.simulate_head_case`, a complete
+  simulated scan (fields, multi-echo GRE data) of a head phantom;
+* :mod:`~dlqsm.simulation.rng`: seeded random draws shared by the generators;
 * :mod:`~dlqsm.simulation.acquisition`: B0 direction, voxel size, local and total fields;
 * :mod:`~dlqsm.simulation.signal`: multi-echo GRE signal, noise, phase wrapping, coils;
 * :mod:`~dlqsm.simulation.augment`: flips/rotations that rotate B0 too, scaling, crops;
@@ -14,6 +18,7 @@
 Every generator takes a seed or a ``torch.Generator``; nothing uses the global RNG.
 """
 
+from dlqsm.simulation.anatomy import DGM_LABELS, LABELS
 from dlqsm.simulation.datasets import (
     DiskQSMDataset,
     SimulatedQSMDataset,
@@ -21,14 +26,8 @@ from dlqsm.simulation.datasets import (
     SimulationConfig,
     generate_batch,
 )
-from dlqsm.simulation.head import (
-    DGM_LABELS,
-    LABELS,
-    HeadCase,
-    HeadPhantom,
-    head_phantom,
-    simulate_head_case,
-)
+from dlqsm.simulation.head import HeadCase, simulate_head_case
+from dlqsm.simulation.phantom import HeadPhantom, head_phantom
 from dlqsm.simulation.shapes import DEEPQSM_SHAPES, ShapeSpec, random_shapes
 
 __all__ = [

@@ -23,7 +23,7 @@ import torch
 from dlqsm.physics.dipole import DipoleOperator, dipole_kernel
 from dlqsm.physics.fft import as_triple, crop3, irfft3, pad3, rfft3
 from dlqsm.physics.geometry import normalize_b0_dir, normalize_voxel_size
-from dlqsm.simulation.random import random_b0_dirs, random_voxel_sizes
+from dlqsm.simulation.rng import random_b0_dirs, random_voxel_sizes
 from dlqsm.simulation.textures import random_polynomial_field
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import Dataset
 
-from dlqsm.simulation.random import derive_seed, make_generator, rand, randint, uniform_scalar
+from dlqsm.simulation.rng import derive_seed, make_generator, rand, randint, uniform_scalar
 
 VOLUME_KEYS = ("chi", "field", "mask", "labels", "magnitude", "phase", "total_field")
 """Keys holding (..., X, Y, Z) volumes in a sample dict."""

@@ -47,8 +47,9 @@ from dlqsm.simulation.acquisition import (
     sample_geometry,
     shim_field,
 )
-from dlqsm.simulation.head import AIR_PPM, head_phantom, tissue_parameters
-from dlqsm.simulation.random import (
+from dlqsm.simulation.anatomy import AIR_PPM, tissue_parameters
+from dlqsm.simulation.phantom import head_phantom
+from dlqsm.simulation.rng import (
     derive_seed,
     make_generator,
     rand,

@@ -258,7 +258,7 @@ class DiskQSMDataset(Dataset):
 
     def _window(self, index: int, vol: int, folder: Path, ext: str, shape):
         """(slices into the stored volume, zero-padding per side, flip axes) of item index."""
-        from dlqsm.simulation.random import derive_seed
+        from dlqsm.simulation.rng import derive_seed
 
         rng = np.random.default_rng(None if self.seed is None else derive_seed(self.seed, index))
         bbox = self._mask_bbox(vol, folder, ext)

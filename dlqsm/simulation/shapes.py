@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dlqsm.simulation.random import rand, randint, randn, random_rotations, uniform
+from dlqsm.simulation.rng import rand, randint, randn, random_rotations, uniform
 from dlqsm.simulation.textures import smooth_noise
 
 KINDS = {"ellipsoid": 0, "box": 1, "cylinder": 2, "tube": 3, "capsule": 4}

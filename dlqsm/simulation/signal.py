@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from dlqsm.physics.units import ppm_to_phase, wrap_phase
-from dlqsm.simulation.random import rand, randn, uniform_scalar
+from dlqsm.simulation.rng import rand, randn, uniform_scalar
 from dlqsm.simulation.textures import grid_coords, random_polynomial_field, smooth_noise
 
 

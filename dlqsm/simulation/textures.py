@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from dlqsm.simulation.random import randn
+from dlqsm.simulation.rng import randn
 
 
 def grid_coords(shape: Sequence[int], voxel_size, *, device=None,

@@ -17,7 +17,7 @@ from dlqsm.simulation.acquisition import (
     shim_field,
     total_field,
 )
-from dlqsm.simulation.random import make_generator
+from dlqsm.simulation.rng import make_generator
 from dlqsm.simulation.shapes import make_primitives, rasterize
 
 

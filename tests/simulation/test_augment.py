@@ -18,7 +18,7 @@ from dlqsm.simulation.augment import (
     transform_volume,
 )
 from dlqsm.simulation.datasets import SimulatedQSMDataset
-from dlqsm.simulation.random import make_generator
+from dlqsm.simulation.rng import make_generator
 
 ALL = [(p, f) for p in itertools.permutations(range(3))
        for f in itertools.product([False, True], repeat=3)]

@@ -14,7 +14,7 @@ from dlqsm.simulation.datasets import (
     generate_batch,
 )
 from dlqsm.simulation.head import LABELS
-from dlqsm.simulation.random import make_generator
+from dlqsm.simulation.rng import make_generator
 from dlqsm.simulation.signal import wrap_phase
 
 SHAPE = (20, 24, 16)

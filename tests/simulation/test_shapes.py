@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dlqsm.simulation.random import make_generator, random_rotations
+from dlqsm.simulation.rng import make_generator, random_rotations
 from dlqsm.simulation.shapes import (
     DEEPQSM_SHAPES,
     KINDS,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dlqsm.physics.units import ppm_to_phase
-from dlqsm.simulation.random import make_generator
+from dlqsm.simulation.rng import make_generator
 from dlqsm.simulation.signal import (
     coil_sensitivities,
     echo_times,
