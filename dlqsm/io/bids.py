@@ -6,6 +6,10 @@ session, acquisition, run, ...). Sidecars follow the BIDS inheritance principle:
 the image's applies, the more specific overriding the less. ``EchoTime`` is read in seconds and
 ``MagneticFieldStrength`` in tesla. A file without ``part`` is a magnitude image (BIDS rule).
 Folders named ``derivatives``, ``sourcedata`` or starting with a dot are skipped.
+
+Dataset mode (:mod:`dlqsm.study`) lists every run with :func:`discover_megre_runs`, which keeps
+going past a malformed run (reported, not raised) and filters by participant and session labels
+as BIDS apps do.
 """
 
 from __future__ import annotations
@@ -26,14 +30,7 @@ def parse_entities(name: str) -> dict[str, str]:
     """Entities of a BIDS file name: ``sub-01_echo-2_part-phase_MEGRE.nii.gz`` ->
     ``{"sub": "01", "echo": "2", "part": "phase"}`` (empty for a non-MEGRE name)."""
     m = _NAME.match(name)
-    if not m:
-        return {}
-    out = {}
-    for token in (m.group("stem") or "").split("_"):
-        key, sep, value = token.partition("-")
-        if sep:
-            out[key] = value
-    return out
+    return run_entities(m.group("stem") or "") if m else {}
 
 
 def find_megre_files(root) -> list[Path]:
@@ -70,6 +67,22 @@ class MegreRun:
     field_strength: float | None = None
     sidecars: list[Path | None] = field(default_factory=list)
 
+    @property
+    def entities(self) -> dict[str, str]:
+        """The run's entities in file-name order, e.g. ``{"sub": "01", "ses": "1"}``."""
+        return run_entities(self.key)
+
+
+def run_entities(key: str) -> dict[str, str]:
+    """``"sub-01_ses-1_run-2"`` -> ``{"sub": "01", "ses": "1", "run": "2"}`` (tokens without
+    a dash are ignored)."""
+    out = {}
+    for token in key.split("_"):
+        name, sep, value = token.partition("-")
+        if sep:
+            out[name] = value
+    return out
+
 
 def _run_key(ent: dict[str, str]) -> str:
     key = "_".join(f"{k}-{v}" for k, v in ent.items() if k not in ("echo", "part"))
@@ -88,24 +101,67 @@ def find_megre_runs(root, *, subject: str | None = None, select: str | None = No
         InputError: duplicate echoes, echoes with phase but no magnitude (or the reverse),
             unreadable sidecars, sidecars that disagree.
     """
+    runs, failures = discover_megre_runs(root, subjects=None if subject is None else [subject],
+                                         select=select)
+    if failures:
+        raise failures[0][1]
+    return runs
+
+
+def _label_set(labels, prefix: str) -> set[str] | None:
+    if labels is None:
+        return None
+    return {str(v).removeprefix(f"{prefix}-") for v in labels}
+
+
+def discover_megre_runs(root, *, subjects=None, sessions=None, select: str | None = None
+                        ) -> tuple[list[MegreRun], list[tuple[str, InputError]]]:
+    """Every MEGRE run under ``root``, keeping going past malformed runs.
+
+    Args:
+        subjects: participant labels to keep (``"01"`` or ``"sub-01"``); None keeps all.
+        sessions: session labels to keep (``"1"`` or ``"ses-1"``); None keeps all (a run
+            without a session entity is dropped when sessions are given).
+        select: keep only files whose names contain this substring.
+
+    Returns:
+        (runs sorted by key, [(run key, InputError)] for runs that cannot be assembled).
+    """
     root = Path(root)
+    want_sub, want_ses = _label_set(subjects, "sub"), _label_set(sessions, "ses")
     groups: dict[str, dict] = {}
+    failures: dict[str, InputError] = {}
     for p in find_megre_files(root):
         ent = parse_entities(p.name)
-        if subject is not None and ent.get("sub") != subject.removeprefix("sub-"):
+        if want_sub is not None and ent.get("sub") not in want_sub:
+            continue
+        if want_ses is not None and ent.get("ses") not in want_ses:
             continue
         if select is not None and select not in p.name:
             continue
         part = ent.get("part", "mag")
         if part not in ("mag", "phase"):
             continue  # real/imag parts are not used
-        g = groups.setdefault(_run_key(ent), {"mag": {}, "phase": {}})
-        echo = _echo_index(ent, p)
-        if echo in g[part]:
-            raise InputError(f"echo {echo} ({part}) appears twice: also {g[part][echo]}.",
-                             path=p, fix="keep one file per echo and part.")
+        key = _run_key(ent)
+        g = groups.setdefault(key, {"mag": {}, "phase": {}})
+        try:
+            echo = _echo_index(ent, p)
+            if echo in g[part]:
+                raise InputError(f"echo {echo} ({part}) appears twice: also {g[part][echo]}.",
+                                 path=p, fix="keep one file per echo and part.")
+        except InputError as exc:
+            failures.setdefault(key, exc)
+            continue
         g[part][echo] = p
-    return [_make_run(root, key, g) for key, g in sorted(groups.items())]
+    runs = []
+    for key, g in sorted(groups.items()):
+        if key in failures:
+            continue
+        try:
+            runs.append(_make_run(root, key, g))
+        except InputError as exc:
+            failures[key] = exc
+    return runs, sorted(failures.items())
 
 
 def _echo_index(ent, path) -> int:
@@ -208,12 +264,16 @@ def select_megre_run(root, *, subject: str | None = None, select: str | None = N
                         f" matching {select!r}" if select else ""])
         raise InputError(f"no *_MEGRE images found{filt}.", path=root,
                          fix="check --subject/--select, or the folder.")
+    exact = [r for r in runs if r.key == select]
+    if len(runs) > 1 and exact:
+        return exact[0]  # a whole run key (as dataset mode passes) names one run exactly
     if len(runs) > 1:
         names = ", ".join(r.key for r in runs[:10]) + (" ..." if len(runs) > 10 else "")
         raise InputError(f"found {len(runs)} MEGRE runs: {names}. Reconstruct one at a time.",
                          path=root, fix="pick one with --subject SUB and/or --select TEXT (a "
                          "piece of the file names such as run-2 or ses-02), or point INPUT at "
-                         "one subject's folder.")
+                         "one subject's folder (without --subject/--select, the command line "
+                         "processes every run into BIDS derivatives).")
     return runs[0]
 
 
