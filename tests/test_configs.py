@@ -37,7 +37,7 @@ def batch():
 
 def test_group_folders_have_the_documented_options():
     assert {"sim", "disk", "mixture"} <= set(options("data"))
-    assert {"unet", "basicunet", "resunet", "unrolled"} <= set(options("model"))
+    assert {"unet", "basicunet", "tkd_resunet", "tv_resunet", "unrolled"} <= set(options("model"))
     assert {"cpu", "gpu", "gpu_bf16", "gpu_16", "ddp", "ddp_cpu"} <= set(options("trainer"))
     assert {"wandb", "csv", "tensorboard", "none"} <= set(options("logger"))
     assert {"quickstart_cpu", "deepqsm_shapes", "hybrid_unet", "unrolled"} <= \
@@ -80,7 +80,10 @@ def test_optimizer_and_scheduler_options(compose, opt, sched):
 
 @pytest.mark.parametrize("recipe", options("simulation"))
 def test_sim_data_with_every_simulation_recipe(compose, recipe):
-    cfg = compose(sim_overrides(16, recipe=recipe))
+    overrides = sim_overrides(16, recipe=recipe)
+    if recipe == "head_cases":  # a dataset wrapper: the head settings sit one level down
+        overrides = [o.replace("simulation.shape", "simulation.dataset.shape") for o in overrides]
+    cfg = compose(overrides)
     dm = instantiate(cfg.data, _convert_="all")
     assert isinstance(dm, QSMDataModule)
     assert dm.train_dataset.seed != dm.val_dataset.seed
@@ -198,3 +201,161 @@ def test_optuna_search_config(compose):
 
 def test_configs_dir_is_the_repository_one():
     assert CONFIGS == (Path(__file__).resolve().parents[1] / "configs")
+
+
+# ---- every option keeps the values it sets; experiments and debug configs do what they say ----
+
+OWN_GROUPS = ["data", "simulation", "model", "loss", "optimizer", "scheduler", "trainer",
+              "logger", "callbacks", "paths"]  # the groups of configs/train.yaml's defaults list
+
+
+def raw_compose(config: str, overrides: list[str]) -> dict:
+    """The composed config as a plain dict, interpolations unresolved (as ``--cfg job``)."""
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return OmegaConf.to_container(hcompose(config, overrides=overrides), resolve=False)
+
+
+def own_values(group: str, option: str) -> tuple[dict, list[str]]:
+    """The values an option file sets itself, at their place in the composed config, and the
+    ``override /group: option`` entries of its defaults list."""
+    path = CONFIGS / group / f"{option}.yaml"
+    values = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+    defaults = values.pop("defaults", None) or []
+    overrides = [f"{k.split()[-1].strip('/')}={v}" for d in defaults if isinstance(d, dict)
+                 for k, v in d.items() if k.startswith("override")]
+    if values and "# @package _global_" not in path.read_text():
+        values = {group: values}
+    values.pop("hydra", None)
+    return values, overrides
+
+
+def leaves(tree: dict, prefix: tuple = ()):
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from leaves(value, (*prefix, key))
+        else:
+            yield (*prefix, key), value
+
+
+def lookup(tree: dict, key: tuple):
+    for k in key:
+        assert isinstance(tree, dict) and k in tree, f"{'.'.join(map(str, key))} is missing"
+        tree = tree[k]
+    return tree
+
+
+def assert_survives(composed: dict, values: dict, skip: tuple = ()):
+    for key, value in leaves(values):
+        if any(key[:len(s)] == s for s in skip):
+            continue
+        assert lookup(composed, key) == value, f"{'.'.join(map(str, key))} was overridden"
+
+
+def non_deprecated(group: str) -> list[str]:
+    from dlqsm.lit.train import DEPRECATED_OPTIONS
+
+    return [o for o in options(group) if o not in DEPRECATED_OPTIONS.get(group, {})]
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in OWN_GROUPS for o in options(g)])
+def test_every_group_option_keeps_its_own_values(group, option):
+    """`simulation=head` must give the head recipe (train.yaml's own values come first)."""
+    values, _ = own_values(group, option)
+    composed = raw_compose("train", [f"{group}={option}"])
+    assert_survives(composed, values)
+    if group == "simulation":  # one recipe, whether trained on or written by dlqsm simulate
+        assert composed["simulation"] == raw_compose("simulate", [f"simulation={option}"])[
+            "simulation"]
+
+
+def test_the_head_recipe_is_the_head_recipe():
+    sim = raw_compose("train", ["simulation=head"])["simulation"]
+    assert sim["shape"] == [96, 96, 96] and sim["voxel_size"] == [1.5, 2.2]
+    assert raw_compose("train", [])["simulation"]["voxel_size"] == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("group,option", [("experiment", o) for o in options("experiment")]
+                         + [("debug", o) for o in options("debug")])
+def test_experiments_and_debug_configs_compose_to_what_they_say(group, option):
+    """An experiment's own values survive, and so do those of every group option it picks
+    (except the keys it sets itself)."""
+    from dlqsm.lit.train import DEPRECATED_OPTIONS
+
+    option = DEPRECATED_OPTIONS.get(group, {}).get(option, option)
+    values, picks = own_values(group, option)
+    composed = raw_compose("train", [f"{group}={option}"])
+    assert_survives(composed, values)
+    set_here = tuple(k for k, _ in leaves(values))
+    for pick in picks:
+        g, o = pick.split("=")
+        picked, _ = own_values(g, o)
+        assert_survives(composed, picked, skip=set_here)
+
+
+@pytest.mark.parametrize("group", ["model", "experiment"])
+def test_deprecated_aliases_compose_like_the_new_name_and_warn(group):
+    from dlqsm.lit.train import DEPRECATED_OPTIONS, warn_deprecated_options
+
+    for old, new in DEPRECATED_OPTIONS[group].items():
+        assert raw_compose("train", [f"{group}={old}"]) == raw_compose("train", [f"{group}={new}"])
+        with pytest.warns(DeprecationWarning, match=f"{group}={new}"):
+            assert warn_deprecated_options({group: old})
+        assert warn_deprecated_options({group: new}) == []
+
+
+def listed_options(text: str) -> dict[str, set[str]]:
+    """``group={a,b}`` entries of a help text."""
+    import re
+
+    return {g: {o.strip() for o in opts.split(",")}
+            for g, opts in re.findall(r"([\w/]+)=\{([^}]*)\}", text)}
+
+
+def train_yaml_option_comments() -> dict[str, set[str]]:
+    """Options named in train.yaml's defaults list comments: ``- group: x  # a | b`` or a
+    ``# group: a | b`` line (continued by ``#   | c`` lines) above the entry."""
+    import re
+
+    text = (CONFIGS / "train.yaml").read_text()
+    block = text[text.index("defaults:"):text.index("\n\n", text.index("defaults:"))]
+    found, last = {}, None
+    for line in block.splitlines():
+        inline = re.match(r"\s+- (\w+): \S+\s+# (.*)", line)
+        above = re.match(r"\s+# (\w+): (.*)", line)
+        more = re.match(r"\s+#\s+\| (.*)", line)
+        if inline or above:
+            last = (inline or above).group(1)
+            found[last] = (inline or above).group(2)
+        elif more and last:
+            found[last] += " | " + more.group(1)
+        else:
+            last = None
+    out = {}
+    for group, comment in found.items():
+        comment = re.sub(r"\([^)]*\)", "", comment.split(";")[0])
+        out[group] = {part.split()[0] for part in comment.split("|") if part.split()}
+    return out
+
+
+def test_train_yaml_comments_list_every_option():
+    listed = train_yaml_option_comments()
+    for group in [*OWN_GROUPS, "experiment", "debug"]:
+        if group != "paths":
+            assert listed.get(group) == set(non_deprecated(group)), group
+
+
+@pytest.mark.parametrize("command", ["train", "simulate"])
+def test_cli_help_lists_every_option(command):
+    import importlib
+
+    listed = listed_options(importlib.import_module(f"dlqsm.cli.{command}").EPILOG)
+    groups = [*OWN_GROUPS, "experiment", "debug"] if command == "train" else ["simulation"]
+    for group in groups:
+        if group == "paths":
+            continue
+        assert listed.get(group) == set(non_deprecated(group)), group

@@ -53,6 +53,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="folder of cases with reference maps (repeatable)")
     d.add_argument("--layout", metavar="NAME|FILE", help="layout of the --data folders "
                    "(preset or file; default: detected)")
+    s = p.add_argument_group("independent-data suite (needs dlqsm[eval]; docs/evaluation.md)")
+    s.add_argument("--suite", choices=("independent",), help="instead of the comparison above: "
+                   "dlqsm's default chain and model on qsm-forward heads (scored by qsm-ci), "
+                   "its own simulator and real scans")
+    s.add_argument("--suite-size", choices=("full", "reduced"), default="full",
+                   help="adult heads (default) or small fast ones")
+    s.add_argument("--real-data", metavar="DIR", help="folder with challenge2016/ and "
+                   "multiecho_small/ (default ../shared/data beside the repository, if present)")
+    s.add_argument("--cache", metavar="DIR", help="cache of generated cases (default "
+                   "$DLQSM_CACHE/qsmforward or ~/.cache/dlqsm/qsmforward)")
     r = p.add_argument_group("run")
     r.add_argument("--device", help="cpu or cuda (default cpu)")
     r.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
@@ -155,7 +165,29 @@ def run(args) -> int:
 
     from dlqsm.evaluation import run_evaluation
 
+    if getattr(args, "suite", None):
+        return _run_suite(args)
     result = run_evaluation(build_config(args))
+    if not args.quiet:
+        print(f"dlqsm evaluate: wrote {len(result.files)} files to {result.out_dir} "
+              f"(summary.md)", file=sys.stderr)
+    return 0
+
+
+def _run_suite(args) -> int:
+    """``--suite independent``: :func:`dlqsm.evaluation.independent_suite.run_suite`."""
+    import sys
+
+    from dlqsm.errors import InputError
+    from dlqsm.evaluation.independent_suite import run_suite
+    from dlqsm.pipeline.reconstruct import resolve_device
+
+    if not args.out:
+        raise InputError("no output folder.", fix="pass -o OUT.")
+    device = str(resolve_device(args.device or "cpu"))
+    result = run_suite(args.out, size=args.suite_size, real_data=args.real_data or "auto",
+                       cache_dir=args.cache, device=device, force=args.force,
+                       progress=not args.quiet)
     if not args.quiet:
         print(f"dlqsm evaluate: wrote {len(result.files)} files to {result.out_dir} "
               f"(summary.md)", file=sys.stderr)

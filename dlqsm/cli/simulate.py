@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import dlqsm
+from dlqsm.cli.common import HelpFormatter
 from dlqsm.errors import InputError
 
 CONFIG_ENV = "DLQSM_CONFIG_DIR"
@@ -22,7 +23,7 @@ EPILOG = """examples:
   dlqsm simulate simulation=deepqsm simulation.shape=[96,96,96] num_workers=2
   dlqsm simulate simulation=mixture seed=1 out_dir=data/sim/val n_samples=50
 
-groups: simulation={shapes,deepqsm,head,hybrid,mixture,head_cases}
+groups: simulation={shapes,deepqsm,head,hybrid,hybrid_axial,mixture,head_cases}
 Re-running a command skips finished samples; force=true overwrites them."""
 
 
@@ -33,7 +34,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Simulate (susceptibility, field[, multi-echo signal]) samples into a "
                     "folder of NIfTI files with configs/simulate.yaml. Arguments are Hydra "
                     "overrides (group=option, key=value).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG, formatter_class=HelpFormatter)
     p.set_defaults(func=run, accepts_overrides=True)
     return p
 
@@ -62,8 +63,8 @@ def compose_config(overrides: list[str]):
             return compose(config_name="simulate", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
         raise InputError(f"invalid simulate overrides: {exc}",
-                         fix="use key=value (e.g. n_samples=10) and simulation="
-                             "{shapes,deepqsm,head,hybrid,mixture}.") from exc
+                         fix="use key=value (e.g. n_samples=10) and simulation=OPTION "
+                             "(the files in configs/simulation).") from exc
 
 
 def simulate_from_config(cfg) -> dict:

@@ -19,13 +19,18 @@ EPILOG = """examples:
   dlqsm train -m hparams_search=optuna            hyper-parameter search
   dlqsm train --cfg job                           print the composed config and exit
 
-groups: data={sim,disk,mixture} simulation={hybrid,shapes,deepqsm,head,mixture}
-        model={unet,basicunet,resunet,unrolled}
+groups: data={sim,disk,mixture,heads}
+        simulation={hybrid_axial,hybrid,head,shapes,deepqsm,mixture,head_cases}
+        model={unet,basicunet,tkd_resunet,tv_resunet,unrolled}
         loss={l1,l2,l1_gdl,l1_physics,physics} optimizer={adamw,adam}
-        scheduler={cosine,plateau,none} trainer={cpu,gpu,gpu_bf16,gpu_16,ddp,ddp_cpu}
-        logger={wandb,csv,tensorboard,none} callbacks={default,minimal,none}
-        experiment={quickstart_cpu,deepqsm_shapes,hybrid_unet,resunet,unrolled}
+        scheduler={cosine,plateau,none} trainer={cpu,gpu,gpu_bf16,gpu_16,ddp,ddp_cpu,default}
+        logger={wandb,csv,tensorboard,none}
+        callbacks={default,minimal,none,model_checkpoint,metadata,lr_monitor,progress_bar,
+                   slice_panels,early_stopping}
+        experiment={quickstart_cpu,default_model,deepqsm_shapes,hybrid_unet,tkd_resunet,
+                    unrolled}
         debug={fast,fdr,default,overfit} hparams_search={optuna} hydra/launcher={slurm}
+        (tests/test_configs.py checks these lists against the configs/ folders)
 See docs/training.md."""
 
 

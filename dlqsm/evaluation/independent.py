@@ -9,7 +9,7 @@ air outside the brain mask), plus its derivatives (resampled chi, mask, segmenta
 maps). Reconstructions are scored with **qsm-ci**'s scorer (``qsm_ci.qsm_eval.score_arrays``),
 so the numbers read like the leaderboard's. Both packages are in dlqsm's ``eval`` extra.
 
-Two kinds of case (:func:`make_qsmforward_case`):
+Three kinds of case (:func:`make_qsmforward_case`), scored the same way:
 
 * ``kind="fine"``: the phantom is built on a grid ``fine_factor`` times finer than the scan and
   qsm-forward brings it to the scan grid (signal: k-space truncation, i.e. an ideal low-pass
@@ -17,6 +17,10 @@ Two kinds of case (:func:`make_qsmforward_case`):
   QSM-CI builds its simulated head.
 * ``kind="sharp"``: the phantom is built at scan resolution (voxel-sharp 9.4 ppm air and
   -2 ppm bone edges whose fields ring): a stress case, not a realistic one.
+* ``kind="dlqsm"``: the same phantom through dlqsm's *own* simulator
+  (:func:`dlqsm.simulation.head.simulate_head_case`: partial-volume edges, SNR 50, smooth phase
+  offset, no shim residual, as in ``scripts/benchmark_pipeline.py``), written as a QSM-CI
+  artifact folder (``qsmci/``): the own-simulator column beside the independent ones.
 
 Oblique B0: qsm-forward 0.32 encodes a B0 direction by rotating the affine and its ``resize``
 then rescales only the affine's diagonal, which shears an oblique head and moves the resampled
@@ -31,9 +35,11 @@ have equal voxel sizes along the first two axes (anisotropic slices are fine).
 A case folder (cached under a name that hashes its parameters) holds:
 
 ==========================  ==================================================================
-``bids/``                    qsm-forward's BIDS dataset: ``sub-1/anat/sub-1_echo-N_part-
+``bids/`` (or ``qsmci/``)   qsm-forward's BIDS dataset: ``sub-1/anat/sub-1_echo-N_part-
                              {mag,phase}_MEGRE.nii`` + JSON sidecars (EchoTime in s,
-                             MagneticFieldStrength in T), ``derivatives/qsm-forward/...``
+                             MagneticFieldStrength in T), ``derivatives/qsm-forward/...``;
+                             ``kind="dlqsm"``: QSM-CI artifacts (4D phase/magnitude, mask,
+                             params.json)
 ``chi.nii.gz``               truth susceptibility (ppm relative to CSF; qsm-forward's resampled
                              Chimap; score after demeaning inside the mask)
 ``mask.nii.gz``              brain mask (what QSM-CI gives a method and scores inside)
@@ -63,6 +69,8 @@ import numpy as np
 from dlqsm.errors import InputError
 from dlqsm.evaluation.cases import EVAL_SEED_BASE, b0_at_tilt
 
+KINDS = ("fine", "sharp", "dlqsm")
+
 CASE_FORMAT = 1
 """Version of the case generator; part of the cache key (bump it when the output changes)."""
 
@@ -87,6 +95,9 @@ _FROM_DLQSM = {  # dlqsm.simulation.head.LABELS name -> QSMCI_LABELS value
 
 DEFAULT_TE = (0.004, 0.012, 0.020, 0.028)
 """Echo times (s): qsm-forward's defaults (also used by QSM-CI's simulated head)."""
+
+DLQSM_SNR = 50.0
+"""SNR of the own-simulator cases (mean M0 / noise std), as in scripts/benchmark_pipeline.py."""
 
 R1_PER_S = 1.0
 """Longitudinal relaxation rate given to qsm-forward everywhere (1/s): it only scales the
@@ -127,7 +138,8 @@ class CaseSpec:
 
     Attributes:
         kind: "fine" (built ``fine_factor`` times finer, brought to the scan grid by
-            qsm-forward) or "sharp" (built at scan resolution).
+            qsm-forward), "sharp" (built at scan resolution) or "dlqsm" (dlqsm's own
+            simulator, for comparison).
         field_strength: B0 in tesla.
         tilt_deg: angle between B0 and the voxel z axis; the azimuth is drawn from ``seed``.
         voxel_size: scan voxel size (mm); the first two must be equal (see the module notes).
@@ -166,13 +178,14 @@ class CaseSpec:
 
     def check(self) -> None:
         """Refuse parameters qsm-forward or the scorer cannot use, with the fix."""
-        if self.kind not in ("fine", "sharp"):
-            raise InputError(f"unknown case kind {self.kind!r}.", fix='use "fine" or "sharp".')
+        if self.kind not in KINDS:
+            raise InputError(f"unknown case kind {self.kind!r}.",
+                             fix=f"use one of {', '.join(KINDS)}.")
         if self.seed < EVAL_SEED_BASE:
             raise InputError(f"case seed {self.seed} is in the training range.",
                              fix=f"use seeds >= {EVAL_SEED_BASE} (held out from training).")
         vx, vy, vz = self.voxel_size
-        if min(self.voxel_size) <= 0 or not np.isclose(vx, vy):
+        if min(self.voxel_size) <= 0 or (self.kind != "dlqsm" and not np.isclose(vx, vy)):
             raise InputError(f"voxel size {self.voxel_size}: qsm-forward 0.32 needs equal, "
                              "positive in-plane voxel sizes (its kernel swaps the first two).",
                              fix="use e.g. (0.8, 0.8, 2.0).")
@@ -222,8 +235,9 @@ class QsmForwardCase:
     meta: dict = field(default_factory=dict)
 
     @property
-    def bids(self) -> Path:
-        return self.path / "bids"
+    def raw_input(self) -> Path:
+        """The raw multi-echo input: ``bids/`` (qsm-forward) or ``qsmci/`` (dlqsm)."""
+        return self.path / self.meta.get("raw_input", "bids")
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -295,7 +309,7 @@ def generate_case(spec: CaseSpec, *, cache_dir=None, force: bool = False,
 
 def qsmci_labels(labels: np.ndarray) -> np.ndarray:
     """dlqsm head labels (:data:`dlqsm.simulation.head.LABELS`) -> :data:`QSMCI_LABELS`."""
-    from dlqsm.simulation.head import LABELS
+    from dlqsm.simulation.anatomy import LABELS
 
     lut = np.zeros(max(LABELS.values()) + 1, dtype=np.int16)
     for name, code in LABELS.items():
@@ -324,7 +338,8 @@ def _phantom_maps(spec: CaseSpec):
     """The dlqsm head phantom on the phantom grid: chi, mask, labels, M0, R2*, R1 (numpy)."""
     import torch
 
-    from dlqsm.simulation.head import head_phantom, tissue_parameters
+    from dlqsm.simulation.anatomy import tissue_parameters
+    from dlqsm.simulation.phantom import head_phantom
 
     f = spec.phantom_factor
     shape = tuple(n * f for n in spec.shape)
@@ -348,6 +363,8 @@ def _generate_into(spec: CaseSpec, work: Path, progress: bool) -> dict:
     from dlqsm.io.outputs import write_json_atomic
     from dlqsm.simulation.acquisition import affine_for
 
+    if spec.kind == "dlqsm":
+        return _generate_dlqsm_into(spec, work, progress)
     qsm_forward, _ = require_eval_extra()
     t0 = time.perf_counter()
     b0 = spec.b0_dir
@@ -395,12 +412,10 @@ def _generate_into(spec: CaseSpec, work: Path, progress: bool) -> dict:
         if dtype is not np.float32:
             data = np.rint(data)
         save_nifti(work / out, data, affine, dtype=dtype)
-    write_json_atomic(work / "evaluation.json", {
-        "local_field": "localfield.nii.gz", "mask": "mask.nii.gz", "reference": "chi.nii.gz",
-        "labels": "labels.nii.gz", "roi_ids": list(QSMCI_DGM),
-        "roi_names": {k: QSMCI_LABELS[k] for k in QSMCI_DGM}})
+    _write_layout(work)
     meta = {"spec": asdict(spec), "key": spec.key(), "format": CASE_FORMAT,
-            "name": spec.name, "b0_dir": b0.tolist(), "affine": affine.tolist(),
+            "name": spec.name, "raw_input": "bids", "b0_dir": b0.tolist(),
+            "affine": affine.tolist(),
             "phantom_voxel_size": list(vox_ph), "head_scale": ph.scale,
             "has_lesions": bool(ph.has_lesions),
             "versions": {"qsm-forward": package_version("qsm-forward"),
@@ -411,6 +426,58 @@ def _generate_into(spec: CaseSpec, work: Path, progress: bool) -> dict:
             "qsm_forward_log": log.getvalue().splitlines()[-3:]}
     write_json_atomic(work / "case.json", meta)
     _say(progress, f"done in {meta['timings_s']['total']:.1f} s")
+    return meta
+
+
+def _write_layout(work: Path) -> None:
+    from dlqsm.io.outputs import write_json_atomic
+
+    write_json_atomic(work / "evaluation.json", {
+        "local_field": "localfield.nii.gz", "mask": "mask.nii.gz", "reference": "chi.nii.gz",
+        "labels": "labels.nii.gz", "roi_ids": list(QSMCI_DGM),
+        "roi_names": {k: QSMCI_LABELS[k] for k in QSMCI_DGM}})
+
+
+def _generate_dlqsm_into(spec: CaseSpec, work: Path, progress: bool) -> dict:
+    """The own-simulator case: :func:`simulate_head_case` as QSM-CI artifacts + truth."""
+    from dlqsm.io.nifti import save_nifti
+    from dlqsm.io.outputs import write_json_atomic
+    from dlqsm.io.qsmci import write_params
+    from dlqsm.simulation.head import simulate_head_case
+
+    t0 = time.perf_counter()
+    b0 = spec.b0_dir
+    _say(progress, f"{spec.name}: dlqsm's simulator ...")
+    case = simulate_head_case(spec.shape, spec.voxel_size, b0, seed=spec.seed, signal=True,
+                              b0_tesla=spec.field_strength, te=spec.te, snr=DLQSM_SNR,
+                              lesion_prob=spec.lesion_prob)
+    aff = case.affine
+    raw = work / "qsmci"
+    raw.mkdir(parents=True)
+    # QSM-CI artifacts are 4D with echoes last.
+    save_nifti(raw / "phase.nii.gz", case.phase.permute(1, 2, 3, 0), aff)
+    save_nifti(raw / "magnitude.nii.gz", case.magnitude.permute(1, 2, 3, 0), aff)
+    save_nifti(raw / "mask.nii.gz", case.mask, aff, dtype=np.uint8)
+    write_params(raw / "params.json", te=spec.te, b0=spec.field_strength, b0_dir=b0,
+                 voxel_size=spec.voxel_size)
+    truth = {"chi.nii.gz": (case.chi, np.float32), "mask.nii.gz": (case.mask, np.uint8),
+             "labels.nii.gz": (qsmci_labels(case.labels.numpy()), np.int16),
+             "localfield.nii.gz": (case.local_field, np.float32),
+             "totalfield.nii.gz": (case.total_field * case.head_mask, np.float32)}
+    for name, (vol, dtype) in truth.items():
+        save_nifti(work / name, vol, aff, dtype=dtype)
+    _write_layout(work)
+    meta = {"spec": asdict(spec), "key": spec.key(), "format": CASE_FORMAT, "name": spec.name,
+            "raw_input": "qsmci", "b0_dir": b0.tolist(), "affine": np.asarray(aff).tolist(),
+            "head_scale": case.phantom.scale, "has_lesions": bool(case.phantom.has_lesions),
+            "simulator": {"snr": DLQSM_SNR, "partial_volume": True, "shim_ppm": 0.0,
+                          "phase_offset": True},
+            "versions": {"dlqsm": package_version("dlqsm")},
+            "timings_s": {"total": time.perf_counter() - t0},
+            "files": sorted([*truth, "evaluation.json", "qsmci/phase.nii.gz",
+                             "qsmci/magnitude.nii.gz", "qsmci/mask.nii.gz",
+                             "qsmci/params.json"])}
+    write_json_atomic(work / "case.json", meta)
     return meta
 
 
@@ -431,3 +498,34 @@ def _set_affines(bids: Path, affine: np.ndarray, shape) -> list[str]:
                    dtype=np.int16 if integer else np.float32)
         out.append(str(p.relative_to(bids.parent)))
     return out
+
+
+def score_qsmci(chi, folder, *, labels: bool = True) -> dict:
+    """Score a susceptibility map against a case's truth with qsm-ci's scorer.
+
+    ``qsm_ci.qsm_eval.score_arrays`` over the whole brain mask (voxels a method left at 0 or
+    non-finite count as 0 against the truth): NRMSE and detrended NRMSE (%), XSIM, HFEN (%),
+    correlation, DGM linearity |1 - slope| over labels 1-6, per-class NRMSEs, coverage.
+
+    Args:
+        chi: (X, Y, Z) ppm, or a NIfTI path, on the case's grid.
+        folder: the case folder (``chi.nii.gz``, ``mask.nii.gz``, ``labels.nii.gz``).
+        labels: pass the segmentation (the full simulated-head suite); False scores like
+            QSM-CI's in vivo track.
+    """
+    from dlqsm.io.nifti import load_nifti
+
+    _, qsm_eval = require_eval_extra()
+    folder = Path(folder)
+    if not isinstance(chi, np.ndarray):
+        chi = load_nifti(chi, ndim=3, what="susceptibility map", finite=False).data
+    truth = load_nifti(folder / "chi.nii.gz", ndim=3, what="truth").data
+    mask = load_nifti(folder / "mask.nii.gz", ndim=3, what="mask").data > 0.5
+    seg = (load_nifti(folder / "labels.nii.gz", ndim=3, what="labels").data.round()
+           .astype(np.int64) if labels else None)
+    if chi.shape != truth.shape:
+        raise InputError(f"map grid {chi.shape} differs from the case's {truth.shape}.",
+                         path=folder, fix="reconstruct on the case's grid.")
+    metrics, _ = qsm_eval.score_arrays(np.asarray(chi, dtype=np.float64),
+                                       truth.astype(np.float64), mask, kind="chi", seg=seg)
+    return {k: float(v) for k, v in metrics.items()}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -26,6 +27,12 @@ from dlqsm.errors import InputError
 
 log = logging.getLogger(__name__)
 CONFIG_ENV = "DLQSM_CONFIG_DIR"
+
+DEPRECATED_OPTIONS: dict[str, dict[str, str]] = {
+    "model": {"resunet": "tkd_resunet"},
+    "experiment": {"resunet": "tkd_resunet"},
+}
+"""Config group options kept as aliases for one release: group -> {old: new}."""
 
 
 def config_dir() -> Path:
@@ -132,8 +139,26 @@ def train(cfg: DictConfig) -> dict:
     return metrics
 
 
+def warn_deprecated_options(choices) -> list[str]:
+    """Warn (DeprecationWarning and the log) for every deprecated group option in ``choices``
+    (Hydra's ``runtime.choices``: group -> option); returns the messages."""
+    messages = []
+    for group, renamed in DEPRECATED_OPTIONS.items():
+        new = renamed.get(str((choices or {}).get(group)))
+        if new:
+            messages.append(f"{group}={choices[group]} is deprecated; use {group}={new}.")
+    for m in messages:
+        warnings.warn(m, DeprecationWarning, stacklevel=2)
+        log.warning(m)
+    return messages
+
+
 def task(cfg: DictConfig) -> float | None:
     """Hydra task: train, return ``cfg.optimized_metric`` (for the Optuna sweeper)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        warn_deprecated_options(HydraConfig.get().runtime.choices)
     metrics = train(cfg)
     name = cfg.get("optimized_metric")
     if not name:

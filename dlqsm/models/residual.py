@@ -140,8 +140,7 @@ class WithInitialEstimate(Dataset):
     Args:
         dataset: the dataset, or a callable ``(length=, seed=) -> dataset`` (a Hydra partial).
         method, params: the classical inversion (must match the model's).
-        length, seed, **settings: passed to a callable ``dataset`` (e.g. ``shape``; training
-            configs set ``simulation.shape`` for every recipe).
+        length, seed, **settings: passed to a callable ``dataset`` (e.g. ``shape``).
     """
 
     def __init__(self, dataset, method: str = "tv", params: dict | None = None,

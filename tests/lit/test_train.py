@@ -22,7 +22,7 @@ QUICK = ["logger=csv", "callbacks=minimal", "trainer.log_every_n_steps=1",
          "trainer.num_sanity_val_steps=0", *sim_overrides(), *SMALL_UNET]
 
 
-@pytest.mark.parametrize("model", ["unet", "basicunet", "resunet", "unrolled"])
+@pytest.mark.parametrize("model", ["unet", "basicunet", "tkd_resunet", "unrolled"])
 def test_fast_dev_run_each_model(compose_cfg, model):
     cfg = compose_cfg([f"model={model}", "debug=fdr", *sim_overrides()])
     metrics = train(cfg)
