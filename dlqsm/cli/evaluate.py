@@ -14,8 +14,9 @@ examples:
   dlqsm evaluate --methods tkd tv --checkpoint best.ckpt --heads 2 --shape 96 120 120 -o eval/
   dlqsm evaluate --methods tkd tv --data /data/challenge2016 -o eval2016/    # in vivo, COSMOS
   dlqsm evaluate --config configs/evaluate.yaml -o eval/ --force
-  --param tv.max_iter=50 sets a parameter of the method named tv; --checkpoint NAME=PATH names
-  a learned method ('default' is the model shipped with dlqsm).
+  --param tv.max_iter=50 sets a parameter of the method named tv (without a prefix: of every
+  classical method); --checkpoint NAME=PATH names a learned method ('default' is the model
+  shipped with dlqsm).
 
 outputs (in OUT/): metrics.csv, summary.csv, roi_means.csv, summary.md, record.json and
 figures/ (slice montages, error maps, ROI scatter); maps/ with --save-maps.
@@ -24,22 +25,23 @@ figures/ (slice montages, error maps, ROI scatter); maps/ with --save-maps.
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``evaluate`` on the dispatcher's subparsers."""
+    from dlqsm.cli.common import HelpFormatter, add_output, add_param, add_run_options
+
     p = subparsers.add_parser(
         "evaluate", help="compare learned and classical QSM on data with ground truth",
         description="Run classical inversions and trained networks on held-out simulated heads "
         "and/or folders with reference maps; write metrics tables and figures.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EXAMPLES, formatter_class=HelpFormatter)
     p.add_argument("--config", metavar="YAML", help="evaluation config (configs/evaluate.yaml); "
                    "the flags below override it")
-    p.add_argument("-o", "--out", metavar="OUT", help="output folder (required without "
-                   "--config)")
+    add_output(p, required=False, help="output folder (required without --config)")
     m = p.add_argument_group("methods")
     m.add_argument("--methods", nargs="+", metavar="M", help="inversion names (tkd tv ...) or "
                    "checkpoints; replaces the config's list")
     m.add_argument("--checkpoint", action="append", default=[], metavar="[NAME=]PATH",
                    help="add a trained model (repeatable)")
-    m.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                   help="parameter of a classical method (repeatable)")
+    add_param(m, help="parameter of the compared method named TARGET (e.g. tv.max_iter=50); "
+              "without TARGET of every classical method; repeatable")
     d = p.add_argument_group("test data")
     d.add_argument("--heads", type=int, metavar="N", help="number of held-out simulated heads "
                    "(default 3, or 0 with --data)")
@@ -63,13 +65,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "multiecho_small/ (default ../shared/data beside the repository, if present)")
     s.add_argument("--cache", metavar="DIR", help="cache of generated cases (default "
                    "$DLQSM_CACHE/qsmforward or ~/.cache/dlqsm/qsmforward)")
-    r = p.add_argument_group("run")
-    r.add_argument("--device", help="cpu or cuda (default cpu)")
+    r = add_run_options(p)
     r.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     r.add_argument("--save-maps", action="store_true", help="also write every map as NIfTI")
     r.add_argument("--title", help="title of summary.md")
-    r.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
     return p
 
@@ -100,24 +99,32 @@ def load_config(path) -> dict:
 
 
 def _apply_params(methods: list, items) -> list:
-    from dlqsm.cli.reconstruct import parse_value
+    """Put ``--param [METHOD.]KEY=VALUE`` items into the method list (strings become dicts)."""
+    from dlqsm.cli.common import split_params
     from dlqsm.errors import InputError
+    from dlqsm.pipeline.inversion import METHODS
+
+    def name_of(m):
+        return m.get("name", m.get("method")) if isinstance(m, dict) else m
+
+    def classical(m):
+        return (m in METHODS) if isinstance(m, str) else (
+            (m.get("kind") or ("learned" if m.get("checkpoint") else "classical")) == "classical")
 
     methods = [dict(m) if isinstance(m, dict) else m for m in methods]
-    for item in items:
-        key, sep, value = item.partition("=")
-        name, dot, param = key.partition(".")
-        if not (sep and dot and param):
-            raise InputError(f"--param {item!r} is not METHOD.KEY=VALUE.",
-                             fix="write e.g. --param tv.max_iter=50.")
-        for i, m in enumerate(methods):
-            if m == name:
-                methods[i] = m = {"name": name, "kind": "classical", "method": name}
-            if isinstance(m, dict) and m.get("name", m.get("method")) == name:
-                m["params"] = {**(m.get("params") or {}), param: parse_value(value)}
-                break
-        else:
-            raise InputError(f"--param {item!r}: no method named {name!r}.")
+    for target, key, value, item in split_params(items):
+        hits = [i for i, m in enumerate(methods)
+                if (name_of(m) == target if target else classical(m))]
+        if not hits:
+            raise InputError(f"--param {item!r}: " + (f"no method named {target!r}." if target
+                             else "no classical method to apply it to."),
+                             fix="name one of the compared methods: "
+                             f"{', '.join(str(name_of(m)) for m in methods) or 'none'}.")
+        for i in hits[:1] if target else hits:
+            m = methods[i]
+            if isinstance(m, str):
+                methods[i] = m = {"name": m, "kind": "classical", "method": m}
+            m["params"] = {**(m.get("params") or {}), key: value}
     return methods
 
 
@@ -127,6 +134,7 @@ def build_config(args) -> dict:
 
     from dlqsm.errors import InputError
     from dlqsm.evaluation.runner import DEFAULT_CONFIG
+    from dlqsm.pipeline.reconstruct import resolve_device
 
     cfg = copy.deepcopy(DEFAULT_CONFIG)
     if args.config:
@@ -149,9 +157,12 @@ def build_config(args) -> dict:
     if data.get("heads") is not None or args.heads is not None:
         data["heads"] = heads
     cfg["data"] = data
-    for key, val in (("output", args.out), ("device", args.device), ("title", args.title)):
+    for key, val in (("output", args.out), ("title", args.title)):
         if val is not None:
             cfg[key] = val
+    if args.device != "auto" or not args.config:  # the flag's default leaves a config's device
+        cfg["device"] = args.device
+    cfg["device"] = str(resolve_device(cfg.get("device") or "auto"))
     cfg["force"] = bool(args.force or cfg.get("force"))
     cfg["figures"] = bool(cfg.get("figures", True)) and not args.no_figures
     cfg["save_maps"] = bool(cfg.get("save_maps")) or args.save_maps

@@ -19,22 +19,25 @@ from pathlib import Path
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from dlqsm.cli.common import HelpFormatter, add_output, add_run_options
+
     p = subparsers.add_parser(
         "quickstart", help="train a small model on simulated data and compare it with "
         "classical inversion (CPU, minutes)", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-o", "--out", default="quickstart_out", help="output folder")
+        formatter_class=HelpFormatter)
+    add_output(p, required=False, default="quickstart_out")
     p.add_argument("--max-steps", type=int, default=None,
                    help="training steps (default: the quickstart_cpu experiment's)")
     p.add_argument("--heads", type=int, default=2, help="held-out simulated heads")
     p.add_argument("--shape", nargs=3, type=int, default=(164, 205, 205), metavar=("X", "Y", "Z"),
                    help="matrix of the held-out heads (1 mm voxels)")
     p.add_argument("--no-train", action="store_true", help="skip training")
-    p.add_argument("--checkpoint", help="evaluate this trained model too")
-    p.add_argument("--methods", nargs="+", default=["tkd", "tv"], help="classical methods")
+    p.add_argument("--checkpoint", metavar="PATH", help="evaluate this trained model too")
+    p.add_argument("--methods", nargs="+", default=["tkd", "tv"], metavar="M",
+                   help="classical methods")
     p.add_argument("--no-default-model", action="store_true",
                    help="leave the shipped default model out of the comparison")
-    p.add_argument("--force", action="store_true", help="overwrite an earlier quickstart")
+    add_run_options(p)
     p.set_defaults(func=run, accepts_overrides=True)
     return p
 
@@ -57,24 +60,33 @@ def train_quickstart(out: Path, overrides: list[str], force: bool) -> Path:
 def run(args) -> int:
     from dlqsm.evaluation.runner import run_evaluation
     from dlqsm.inference import default_model_installed
+    from dlqsm.pipeline.reconstruct import resolve_device
 
     out = Path(args.out)
+    device = str(resolve_device(args.device))  # the evaluation's; training stays on the CPU
     overrides = list(args.overrides or [])
     if args.max_steps is not None:
         overrides.append(f"++trainer.max_steps={args.max_steps}")
+    if args.quiet:
+        overrides.append("++trainer.enable_progress_bar=false")
+
+    def say(text):
+        if not args.quiet:
+            print(text, file=sys.stderr)
+
     methods: list = list(args.methods)
     ckpt = args.checkpoint
     if not args.no_train:
-        print(f"[1/2] training a small U-Net on simulated data (CPU) into {out / 'train'}",
-              file=sys.stderr)
+        say(f"[1/2] training a small U-Net on simulated data (CPU) into {out / 'train'}")
         ckpt = str(train_quickstart(out / "train", overrides, args.force))
     if ckpt:
         methods.append({"name": "unet", "kind": "learned", "checkpoint": ckpt})
     if not args.no_default_model and default_model_installed():
         methods.append({"name": "dlqsm-default", "kind": "learned", "checkpoint": None})
-    print(f"[2/2] reconstructing {args.heads} held-out simulated heads", file=sys.stderr)
+    say(f"[2/2] reconstructing {args.heads} held-out simulated heads")
     result = run_evaluation({
         "methods": methods, "output": str(out / "evaluation"), "force": args.force,
+        "device": device, "progress": not args.quiet,
         "title": "dlqsm quickstart: learned vs classical on held-out simulated heads",
         "data": {"heads": {"count": args.heads, "shape": list(args.shape),
                            "voxel_size": [1.0, 1.0, 1.0], "noise_std": 0.0,
@@ -83,5 +95,5 @@ def run(args) -> int:
     summary = out / "evaluation" / "summary.md"
     if summary.exists():
         print(summary.read_text())
-    print(f"results: {out / 'evaluation'}", file=sys.stderr)
+    say(f"results: {out / 'evaluation'}")
     return 0 if result is not None else 1

@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from dlqsm.cli.common import HelpFormatter
+
 EPILOG = """examples:
   dlqsm train debug=fast                          seconds on a CPU
   dlqsm train experiment=quickstart_cpu           a small model in a couple of minutes on a CPU
@@ -34,6 +36,59 @@ groups: data={sim,disk,mixture,heads}
 See docs/training.md."""
 
 
+HYDRA_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "--resolve", "-p",
+               "--package", "-r", "--run", "-m", "--multirun", "-sc", "--shell-completion",
+               "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir",
+               "--experimental-rerun", "-i", "--info"}
+"""The flags Hydra's own command line accepts; every other argument is an override."""
+
+FLAG_KEYS = {"max_epochs": "trainer.max_epochs", "max_steps": "trainer.max_steps",
+             "accelerator": "trainer.accelerator", "devices": "trainer.devices",
+             "precision": "trainer.precision", "batch_size": "data.batch_size",
+             "lr": "optimizer.lr", "learning_rate": "optimizer.lr", "seed": "seed",
+             "num_workers": "data.num_workers", "ckpt_path": "ckpt_path"}
+"""Config keys of flags that users of other tools type (``--max-epochs 1``)."""
+
+PLUGINS = {"hydra/launcher=slurm": ("hydra_plugins.hydra_submitit_launcher",
+                                    "hydra-submitit-launcher"),
+           "hparams_search=optuna": ("hydra_plugins.hydra_optuna_sweeper",
+                                     "hydra-optuna-sweeper")}
+"""Overrides that need a Hydra plugin from the ``cluster`` extra."""
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Refuse ``--flags`` Hydra does not know (naming the override to write instead) and
+    overrides whose Hydra plugin is not installed (naming the extra that installs it).
+
+    Raises:
+        InputError: one line, with the fix.
+    """
+    import importlib.util
+
+    from dlqsm.errors import InputError
+
+    for i, arg in enumerate(overrides):
+        name, eq, value = arg.partition("=")
+        if arg.startswith("-") and name not in HYDRA_FLAGS:
+            key = name.lstrip("-").replace("-", "_")
+            if not eq and i + 1 < len(overrides) and "=" not in overrides[i + 1] \
+                    and not overrides[i + 1].startswith("-"):
+                value = overrides[i + 1]
+            raise InputError(
+                f"dlqsm train takes Hydra overrides (key=value), not the flag {name}.",
+                fix=f"write {FLAG_KEYS.get(key, key)}={value or 'VALUE'} (see dlqsm train "
+                "--cfg job for the keys).")
+        for override, (module, package) in PLUGINS.items():
+            if arg.replace(" ", "") == override:
+                try:
+                    found = importlib.util.find_spec(module) is not None
+                except ModuleNotFoundError:
+                    found = False
+                if not found:
+                    raise InputError(f"{override} needs the Hydra plugin {package}, which is "
+                                     "not installed.", fix='pip install "dlqsm[cluster]".')
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``dlqsm train``; unknown arguments are passed on as Hydra overrides."""
     p = subparsers.add_parser(
@@ -41,7 +96,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         usage="dlqsm train [-h] [-m] [--cfg job] [OVERRIDE ...]",
         description="Train a QSM network with the Hydra config configs/train.yaml. "
                     "Arguments are Hydra overrides (group=option, key=value).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG, formatter_class=HelpFormatter)
     p.set_defaults(func=run, accepts_overrides=True)
     return p
 
@@ -50,6 +105,7 @@ def run(args) -> int:
     """Compose configs/train.yaml with ``args.overrides`` and train (see dlqsm.lit.train)."""
     from dlqsm.lit.train import config_dir, run_hydra
 
+    check_overrides(list(getattr(args, "overrides", []) or []))
     config_dir()  # fail early, with a clear message, when the configs cannot be found
     run_hydra(list(getattr(args, "overrides", []) or []), script=str(Path(__file__).resolve()))
     return 0

@@ -2,6 +2,7 @@
 
 * :func:`montage`: truth and each method on three orthogonal slices (ppm, shared grey scale).
 * :func:`error_maps`: method minus truth on the same slices (ppm, shared diverging scale).
+* :func:`chi_preview`: one map on three orthogonal slices (the PNG beside reconstructed maps).
 * :func:`roi_scatter`: ROI means of each method against the truth, with the identity line.
 
 All maps are shown referenced to their mean inside the mask and masked. Slices pass through the
@@ -11,6 +12,7 @@ centre of the mask's bounding box; in-plane aspect follows the voxel size.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -88,6 +90,20 @@ def montage(case, chis: dict[str, np.ndarray], path) -> Path:
     span = max(abs(lo), abs(hi), 1e-6)
     return _grid(case, maps, cmap="gray", vlim=(-span, span), label="chi (ppm)",
                  title=f"{case.name}: susceptibility", path=path)
+
+
+def chi_preview(chi, mask, voxel_size, path, *, title: str = "chi (ppm)") -> Path:
+    """A susceptibility map (ppm, (X, Y, Z)) on three orthogonal slices through the centre of
+    ``mask`` (the whole volume if None), grey scale symmetric at the 99th percentile of |chi|
+    inside it, with a ppm colour bar; the preview written beside maps by reconstruct/infer."""
+    chi = np.asarray(chi, dtype=np.float32)
+    m = np.ones(chi.shape, bool) if mask is None else np.asarray(mask, bool)
+    if not m.any():
+        m = np.ones(chi.shape, bool)
+    span = max(float(np.percentile(np.abs(chi[m]), 99)), 1e-6)
+    view = SimpleNamespace(mask=m, voxel_size=tuple(float(v) for v in voxel_size))
+    return _grid(view, {"chi": np.where(m, chi, 0.0)}, cmap="gray", vlim=(-span, span),
+                 label="chi (ppm)", title=title, path=path)
 
 
 def error_maps(case, chis: dict[str, np.ndarray], path) -> Path:

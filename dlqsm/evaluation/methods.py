@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlqsm.errors import InputError
+from dlqsm.errors import InputError, check_parameter_types
 
 KINDS = ("classical", "learned")
 PREDICTOR_OPTIONS = ("tile", "roi_size", "overlap", "sw_batch_size", "amp", "memory_fraction")
@@ -91,6 +91,8 @@ def parse_method(item) -> MethodSpec:
             raise InputError(f"method {d.get('name', method)!r}: unknown parameter(s) "
                              f"{unknown} for {method}.",
                              fix=f"valid ones: {', '.join(sorted(method_defaults(method)))}.")
+        check_parameter_types(params, method_defaults(method),
+                              what=f"method {d.get('name', method)!r} ({method})")
         return MethodSpec(name=str(d.get("name") or method), kind=kind, method=method,
                           params=params, padding=int(d.get("padding") or 0))
     ckpt = d.get("checkpoint")

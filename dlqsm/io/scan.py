@@ -22,6 +22,23 @@ Conventions decided here (also written in the messages users see):
   +-0.0037) is refused unless ``rescale_phase=True`` (``--rescale-phase``), which maps its
   [min, max] linearly onto [-pi, pi). ``rescale_phase=False`` takes the phase as radians as is.
 - ``phase_sign=-1`` flips the phase sign (vendors whose phase rotates the other way, e.g. GE).
+- Fields are ppm. ``field_unit=None`` checks that: a local field whose 99th percentile of |value|
+  inside the mask exceeds :data:`FIELD_LIMIT_PPM` (1 ppm; local fields of the brain stay within a
+  few tenths) or a total field beyond 10 ppm is refused with a hint; ``"hz"`` (needs the field
+  strength) and ``"rad"`` (needs one echo time and the field strength) convert to ppm;
+  ``"ppm"`` takes the values as given, unchecked.
+- One starting point: phase, a total field or a local field given together explicitly are
+  refused (a folder's own start is replaced by an explicit field, with a notice).
+- Masks: voxels above 0.5 are brain; a mask whose values never exceed 0.5 (e.g. all 0.5) is
+  taken as its non-zero voxels, with a notice.
+- B0 direction (the geometry rule): an explicit ``b0_dir`` wins; otherwise a ``B0_dir`` from the
+  input's own metadata (QSM-CI ``params.json``, a BIDS sidecar) wins over the affine
+  (``b0_source="auto"``); ``b0_source="affine"`` / ``"sidecar"`` force one. A sheared
+  (non-orthonormal) affine, or a sidecar direction more than :data:`B0_AGREE_DEG` from the
+  affine's, gives a notice naming both; both are kept in :attr:`Scan.geometry` for the record.
+- A singular affine (zero or degenerate axes) needs ``b0_dir`` and ``voxel_size``; the outputs
+  then carry ``diag(voxel_size)`` with the input's translation. When only some files have a
+  singular affine, the error names those files.
 """
 
 from __future__ import annotations
@@ -33,19 +50,26 @@ from pathlib import Path
 import numpy as np
 
 from dlqsm.errors import InputError
-from dlqsm.io.nifti import NiftiVolume, load_nifti
+from dlqsm.io.nifti import NiftiVolume, load_nifti, shear_deg
 from dlqsm.physics.geometry import (
+    angle_to_b0,
     b0_dir_from_affine,
     normalize_b0_dir,
     normalize_voxel_size,
     voxel_size_from_affine,
 )
-from dlqsm.physics.units import wrap_phase
+from dlqsm.physics.units import hz_to_ppm, phase_to_ppm, wrap_phase
 
 PHASE_RANGE_TOL = 0.05
 """Slack (rad) allowed beyond a 2*pi span before phase is declared "not radians"."""
 MIN_PHASE_SPAN = 0.2
 """A phase spanning less than this (rad) over the whole volume is declared "not radians"."""
+FIELD_UNITS = ("ppm", "hz", "rad")
+FIELD_LIMIT_PPM = {"local_field": 1.0, "total_field": 10.0}
+"""Largest plausible 99th percentile of |field| (ppm) inside the mask, per kind of field."""
+B0_SOURCES = ("auto", "affine", "sidecar")
+B0_AGREE_DEG = 1.0
+"""A sidecar B0 direction further than this from the affine's is reported."""
 
 
 def _shape(a) -> tuple[int, ...]:
@@ -71,6 +95,9 @@ class Scan:
         local_field / total_field: (X, Y, Z) fields in ppm for field inputs.
         sources: input file paths by role (for records).
         notices: what was assumed or converted on loading, for the user and the record.
+        geometry: how the B0 direction was decided: ``b0_dir_source``, ``b0_dir_affine`` and
+            ``b0_dir_sidecar`` (with its file), their angle ``b0_disagreement_deg``, the
+            affine's ``affine_shear_deg`` and, for a singular input affine, ``input_affine``.
     """
 
     phase: object | None = None
@@ -85,6 +112,7 @@ class Scan:
     total_field: object | None = None
     sources: dict = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
+    geometry: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.voxel_size is not None:
@@ -183,7 +211,7 @@ class Scan:
             raise InputError("a field input needs a brain mask.", path=src.get("local_field",
                              src.get("total_field")), fix="pass --mask MASK.nii.gz.")
         if self.mask is not None and not bool((self.mask != 0).any()):
-            raise InputError("the mask is empty.", path=src.get("mask"),
+            raise InputError("the mask is empty (no voxel above 0).", path=src.get("mask"),
                              fix="give a mask with the brain voxels set to 1.")
 
 
@@ -364,6 +392,105 @@ def to_echo_first(data: np.ndarray, *, coil_axis: int | None = None, path=None,
     raise InputError(f"expected a 3D, 4D or 5D image, got {data.ndim}D {data.shape}.", path=path)
 
 
+def mask_from_values(data: np.ndarray, *, path=None, notices=None) -> np.ndarray:
+    """Boolean brain mask from a mask image: voxels above 0.5 (binary, 0/255 and probability
+    masks); a mask whose values never exceed 0.5 (e.g. all 0.5) is its non-zero voxels, with a
+    notice. Raises InputError (naming ``path``) for a mask without any positive voxel."""
+    data = np.asarray(data)
+    top = float(data.max()) if data.size else 0.0
+    if top > 0.5:
+        return data > 0.5
+    if top <= 0:
+        raise InputError("the mask is empty (no voxel above 0).", path=path,
+                         fix="give a mask with the brain voxels set to 1.")
+    _notice(notices, path, f"mask values are at most {top:g}: every voxel above 0 is taken as "
+            "brain.")
+    return data > 0
+
+
+def field_to_ppm(data: np.ndarray, unit: str | None, *, kind: str, mask=None, te=None,
+                 b0_tesla=None, path=None, notices=None) -> np.ndarray:
+    """A field image in ``unit`` -> ppm, checked for plausibility when ``unit`` is None.
+
+    Args:
+        data: (X, Y, Z) field values.
+        unit: None (ppm, checked), ``"ppm"`` (as given), ``"hz"`` or ``"rad"``.
+        kind: ``"local_field"`` or ``"total_field"`` (sets the plausibility limit).
+        mask: (X, Y, Z) bool; the check looks inside it (everywhere if None).
+        te: echo time in s (one value) for ``"rad"``. b0_tesla: field strength for hz/rad.
+
+    Raises:
+        InputError: a missing TE/B0 for a conversion, or implausible ppm values (with a hint).
+    """
+    what = kind.replace("_", " ")
+    if unit not in (None, *FIELD_UNITS):
+        raise InputError(f"unknown field unit {unit!r}.",
+                         fix=f"use one of {', '.join(FIELD_UNITS)}.")
+    if unit in ("hz", "rad") and b0_tesla is None:
+        raise InputError(f"a {what} in {unit} needs the field strength to become ppm.",
+                         path=path, fix="pass --field-strength (T).")
+    if unit == "hz":
+        b0 = check_field_strength(b0_tesla)
+        _notice(notices, path, f"{what} converted from Hz to ppm at {b0:g} T.")
+        return (hz_to_ppm(np.asarray(data, np.float64), b0)).astype(np.float32)
+    if unit == "rad":
+        t = None if te is None else np.asarray(te, np.float64).reshape(-1)
+        if t is None or t.size != 1:
+            raise InputError(f"a {what} in rad needs exactly one echo time (the phase's TE).",
+                             path=path, fix="pass --te T (s) with --field-strength.")
+        b0 = check_field_strength(b0_tesla)
+        te_s = float(check_echo_times(echo_times_to_seconds(t, notices=notices))[0])
+        _notice(notices, path, f"{what} converted from rad to ppm (TE {te_s:g} s, {b0:g} T).")
+        return (phase_to_ppm(np.asarray(data, np.float64), te_s, b0)).astype(np.float32)
+    if unit == "ppm":
+        return data
+    inside = np.abs(data[mask] if mask is not None and mask.any() else data)
+    p99 = float(np.percentile(inside, 99)) if inside.size else 0.0
+    limit = FIELD_LIMIT_PPM[kind]
+    if p99 > limit:
+        raise InputError(
+            f"{what} values reach {p99:.3g} (99th percentile of |value| inside the mask), "
+            f"implausible for ppm (a {what} of the brain stays below {limit:g} ppm).", path=path,
+            fix="pass --field-unit hz (with --field-strength) or --field-unit rad (with --te and "
+            "--field-strength) to convert, or --field-unit ppm to use the values as they are.")
+    return data
+
+
+def _b0_choice(affine_b0, file_b0, where, b0_source, affine_path, shear, notices):
+    """(b0_dir or None for the affine's, source, disagreement in degrees) by the geometry rule."""
+    if b0_source not in B0_SOURCES:
+        raise InputError(f"unknown B0 source {b0_source!r}.",
+                         fix=f"use one of {', '.join(B0_SOURCES)}.")
+    diff = None
+    if affine_b0 is not None and file_b0 is not None:
+        diff = float(np.degrees(np.arccos(np.clip(abs(float(affine_b0 @ file_b0)), 0, 1))))
+    if b0_source == "sidecar" and file_b0 is None:
+        raise InputError("--b0-source sidecar, but no B0_dir in params.json or the sidecars.",
+                         path=affine_path, fix="add B0_dir, or use --b0-source affine.")
+    if b0_source == "affine" and affine_b0 is None:
+        raise InputError("--b0-source affine, but the affine is singular.", path=affine_path,
+                         fix="repair the header or use the sidecar's B0_dir (--b0-source auto).")
+    use_file = file_b0 is not None and b0_source != "affine"
+    if shear is not None and shear > 0:
+        _notice(notices, affine_path, f"the affine is sheared (voxel axes {shear:.2f} deg from "
+                "orthogonal, e.g. resampled by a tool that scaled only its diagonal): the B0 "
+                f"direction {_fmt(affine_b0)} it gives is unreliable"
+                + (f"; using B0_dir {_fmt(file_b0)} from {where} instead (--b0-source)."
+                   if use_file else "; give --b0-dir or a B0_dir in params.json/the sidecar."))
+    if diff is not None and diff > B0_AGREE_DEG:
+        chosen = f"using {where}'s" if use_file else "using the affine's"
+        notices.append(f"B0 direction disagrees by {diff:.1f} deg: {_fmt(file_b0)} from {where} "
+                       f"vs {_fmt(affine_b0)} from the affine of {affine_path}; {chosen} "
+                       "(choose with --b0-source affine|sidecar, or give --b0-dir).")
+    if use_file:
+        return file_b0, "sidecar", diff
+    return None, "affine", diff
+
+
+def _fmt(v) -> str:
+    return "[" + ", ".join(f"{float(x):.4f}" for x in v) + "]"
+
+
 # -------------------------------------------------------------------------------------------
 # Loading.
 
@@ -371,7 +498,8 @@ def load_scan(input=None, *, phase=None, magnitude=None, te=None, field_strength
               mask=None, local_field=None, total_field=None, b0_dir=None, voxel_size=None,
               phase_sign: int = +1, coil_axis: int | None = None,
               rescale_phase: bool | None = None, subject: str | None = None,
-              select: str | None = None) -> Scan:
+              select: str | None = None, field_unit: str | None = None,
+              b0_source: str = "auto") -> Scan:
     """Find and load a scan, auto-detecting the input layout.
 
     Args:
@@ -389,6 +517,9 @@ def load_scan(input=None, *, phase=None, magnitude=None, te=None, field_strength
         rescale_phase: see :func:`normalize_phase`.
         subject, select: pick one run in a BIDS dataset (``select`` is a substring of the file
             names, e.g. ``"run-2"`` or ``"ses-02"``).
+        field_unit: unit of a given field (None: ppm, checked; "ppm", "hz", "rad"; see the
+            module notes).
+        b0_source: "auto", "affine" or "sidecar" (see the geometry rule in the module notes).
 
     Returns:
         :class:`Scan` with phase in rad (E, X, Y, Z) or (C, E, X, Y, Z), fields in ppm.
@@ -398,7 +529,15 @@ def load_scan(input=None, *, phase=None, magnitude=None, te=None, field_strength
     """
     if phase_sign not in (1, -1):
         raise InputError(f"phase sign must be +1 or -1, got {phase_sign!r}.")
-    parts = _Parts()
+    given = [flag for flag, v in (("--phase", phase), ("--total-field", total_field),
+                                  ("--local-field", local_field)) if v is not None]
+    if len(given) > 1:
+        raise InputError(f"{' and '.join(given)} given together: each is a different starting "
+                         "point of the pipeline.", fix=f"give only one of {', '.join(given)}.")
+    if field_unit is not None and field_unit not in FIELD_UNITS:
+        raise InputError(f"unknown field unit {field_unit!r}.",
+                         fix=f"use one of {', '.join(FIELD_UNITS)}.")
+    parts = _Parts(field_unit=field_unit, b0_source=b0_source)
     if input is not None:
         _read_folder(Path(input), parts, subject=subject, select=select)
     parts.override(phase=phase, magnitude=magnitude, te=te, b0=field_strength, mask=mask,
@@ -423,6 +562,9 @@ class _Parts:
     where: dict = field(default_factory=dict)
     missing: dict = field(default_factory=dict)
     notices: list = field(default_factory=list)
+    field_unit: str | None = None
+    b0_source: str = "auto"
+    file_b0_dir: tuple | None = None  # (B0_dir, file) from params.json or a sidecar
 
     def override(self, **kw) -> None:
         for key, value in kw.items():
@@ -435,6 +577,8 @@ class _Parts:
             if key == "total_field":
                 self.phase = self.local_field = None
             old = getattr(self, key)
+            if key == "b0_dir" and old is not None and self.file_b0_dir is None:
+                self.file_b0_dir = (old, self.where.get("b0_dir"))
             if old is not None and key in ("te", "b0", "b0_dir", "voxel_size"):
                 if not np.allclose(np.asarray(old, float), np.asarray(value, float)):
                     self.notices.append(f"{key} {np.asarray(value).tolist()} given on the "
@@ -464,16 +608,16 @@ class _Parts:
                 coil_axis, rescale_phase, phase_sign, sources)
         for key in ("total_field", "local_field"):
             if getattr(self, key) is not None:
-                vol = load_nifti(getattr(self, key), ndim=3, what=key.replace("_", " "))
-                ref = _same_grid(ref, vol, key.replace("_", " "))
+                vol = self._load(getattr(self, key), key.replace("_", " "))
+                ref = self._same_grid(ref, vol, key.replace("_", " "))
                 arrays[key] = vol.data
                 sources[key] = str(vol.path)
         if self.phase is None and self.magnitude is not None:
-            arrays["magnitude"] = self._load_magnitude(ref, coil_axis, sources)
+            arrays["magnitude"], ref = self._load_magnitude(ref, coil_axis, sources)
         if self.mask is not None:
-            vol = load_nifti(self.mask, ndim=3, what="mask")
-            ref = _same_grid(ref, vol, "mask")
-            arrays["mask"] = vol.data > 0.5
+            vol = self._load(self.mask, "mask")
+            ref = self._same_grid(ref, vol, "mask")
+            arrays["mask"] = mask_from_values(vol.data, path=vol.path, notices=notices)
             sources["mask"] = str(vol.path)
         te = b0 = None
         if self.phase is not None:
@@ -489,20 +633,108 @@ class _Parts:
             b0 = check_field_strength(self.b0, path=self.where.get("b0"))
             sources["te"] = str(self.where.get("te") or "command line")
             sources["b0"] = str(self.where.get("b0") or "command line")
-        b0_dir = self._checked("b0_dir", normalize_b0_dir)
+        for key in ("total_field", "local_field"):
+            if key in arrays:
+                arrays[key] = field_to_ppm(arrays[key], self.field_unit, kind=key,
+                                           mask=arrays.get("mask"), te=self.te, b0_tesla=self.b0,
+                                           path=sources[key], notices=notices)
         vox = self._checked("voxel_size", normalize_voxel_size)
         sources["affine"] = str(ref.path)
         for key in ("b0_dir", "voxel_size"):
             if getattr(self, key) is not None:
                 sources[key] = str(self.where.get(key) or "command line")
-        if b0_dir is None:
-            b0_dir = _b0_from_affine(ref)
+        b0_dir, affine, geometry = self._geometry(ref, vox)
+        if geometry["b0_dir_source"] != "affine":
+            sources["b0_dir"] = geometry["b0_dir_source_file"]
         if phase_sign == -1:
             notices.append("phase sign flipped (phase_sign=-1).")
         return Scan(phase=arrays.get("phase"), magnitude=arrays.get("magnitude"), te=te,
-                    b0_tesla=b0, affine=ref.affine, b0_dir=b0_dir, voxel_size=vox,
+                    b0_tesla=b0, affine=affine, b0_dir=b0_dir, voxel_size=vox,
                     mask=arrays.get("mask"), local_field=arrays.get("local_field"),
-                    total_field=arrays.get("total_field"), sources=sources, notices=notices)
+                    total_field=arrays.get("total_field"), sources=sources, notices=notices,
+                    geometry=geometry)
+
+    def _geometry(self, ref: NiftiVolume, vox):
+        """(b0_dir, affine for the outputs, geometry record) by the rule of the module notes."""
+        cli = self.where.get("b0_dir") == "command line"
+        given = self._checked("b0_dir", normalize_b0_dir)
+        file_b0 = None
+        if self.file_b0_dir is not None:
+            file_b0 = (normalize_b0_dir(self.file_b0_dir[0]), self.file_b0_dir[1])
+        elif given is not None and not cli:
+            file_b0 = (given, self.where.get("b0_dir"))
+        problem = ref.affine_problem
+        affine = ref.affine
+        geometry: dict = {"affine_shear_deg": None if problem == "singular"
+                          else round(shear_deg(ref.affine), 4)}
+        if problem == "singular":
+            if vox is None or given is None:
+                raise InputError("the NIfTI affine is singular (a zero voxel size or degenerate "
+                                 "axes).", path=ref.path, fix="repair the header (qform/sform) "
+                                 "or pass --b0-dir and --voxel-size.")
+            affine = np.diag([*vox, 1.0])
+            affine[:3, 3] = ref.affine[:3, 3]
+            geometry["input_affine"] = ref.affine.tolist()
+            self.notices.append(f"{ref.path}: the affine is singular; the outputs carry "
+                                f"diag({', '.join(f'{v:g}' for v in vox)}) mm instead.")
+            affine_b0 = None
+        else:
+            affine_b0 = b0_dir_from_affine(ref.affine)
+        geometry["b0_dir_affine"] = None if affine_b0 is None else affine_b0.tolist()
+        geometry["b0_dir_sidecar"] = None if file_b0 is None else file_b0[0].tolist()
+        geometry["b0_dir_sidecar_file"] = None if file_b0 is None else str(file_b0[1])
+        if cli:
+            b0_dir, source, where = given, "command line", "command line"
+        else:
+            shear = geometry["affine_shear_deg"] if problem == "sheared" else None
+            b0_dir, source, diff = _b0_choice(
+                affine_b0, None if file_b0 is None else file_b0[0],
+                None if file_b0 is None else file_b0[1], self.b0_source, ref.path, shear,
+                self.notices)
+            geometry["b0_disagreement_deg"] = None if diff is None else round(diff, 3)
+            where = None if file_b0 is None or source == "affine" else str(file_b0[1])
+            if b0_dir is None:
+                b0_dir = affine_b0
+        geometry["b0_dir_source"] = source
+        geometry["b0_dir_source_file"] = where
+        if cli and affine_b0 is not None:
+            geometry["b0_disagreement_deg"] = round(angle_to_b0(given, affine_b0), 3)
+        return b0_dir, affine, geometry
+
+    def _load(self, path, what: str) -> NiftiVolume:
+        vol = load_nifti(path, ndim=3, what=what)
+        self.notices.extend(vol.notices)
+        return vol
+
+    def _geometry_given(self) -> bool:
+        """Whether B0 direction and voxel size come from flags/metadata (not only affines)."""
+        return self.b0_dir is not None and self.voxel_size is not None
+
+    def _same_grid(self, ref: NiftiVolume | None, vol: NiftiVolume, what: str) -> NiftiVolume:
+        """Check ``vol`` against ``ref``; returns the volume whose affine the scan keeps."""
+        if ref is None:
+            return vol
+        bad_ref, bad_vol = (v.affine_problem == "singular" for v in (ref, vol))
+        if not (bad_ref or bad_vol):
+            try:
+                check_same_grid(ref, vol, what=what)
+            except InputError as exc:
+                notes = [n for v in (ref, vol) for n in v.notices]
+                if not notes:
+                    raise
+                raise InputError(f"{exc} (Note: {'; '.join(notes)}.)") from None
+            return ref
+        if bad_ref != bad_vol and not self._geometry_given():
+            bad, good = (ref, vol) if bad_ref else (vol, ref)
+            raise InputError(f"the NIfTI affine is singular (zero or degenerate voxel axes), "
+                             f"while {good.path} has a valid one.", path=bad.path,
+                             fix="repair this file's header (e.g. copy the other file's "
+                             "geometry) or pass --b0-dir and --voxel-size.")
+        if tuple(ref.data.shape[:3]) != tuple(vol.data.shape[:3]):
+            raise InputError(f"{what} has grid {tuple(vol.data.shape[:3])} but {ref.path} has "
+                             f"{tuple(ref.data.shape[:3])}.", path=vol.path,
+                             fix="give images on the same voxel grid.")
+        return vol if bad_ref and not bad_vol else ref
 
     def _checked(self, key, fn):
         value = getattr(self, key)
@@ -517,8 +749,10 @@ class _Parts:
         notices = self.notices
         pvols = [load_nifti(p, ndim=(3, 4, 5), what="phase") for p in self.phase]
         ref = pvols[0]
+        for v in pvols:
+            notices.extend(v.notices)
         for v in pvols[1:]:
-            check_same_grid(ref, v, what="phase")
+            ref = self._same_grid(ref, v, "phase")
         phase = _stack(pvols, coil_axis, notices)
         label = str(ref.path) if len(pvols) == 1 else f"{ref.path} (+{len(pvols) - 1} echoes)"
         phase = normalize_phase(phase, rescale=rescale_phase, path=label, notices=notices)
@@ -527,7 +761,7 @@ class _Parts:
         sources["phase"] = [str(v.path) for v in pvols] if len(pvols) > 1 else str(ref.path)
         mag = None
         if self.magnitude is not None:
-            mag = self._load_magnitude(ref, coil_axis, sources)
+            mag, ref = self._load_magnitude(ref, coil_axis, sources)
             if mag.shape != phase.shape:
                 raise InputError(
                     f"magnitude has {mag.shape[-4]} echoes {mag.shape} but phase has "
@@ -535,14 +769,16 @@ class _Parts:
                     fix="give the magnitude and phase of the same echoes.")
         return ref, phase, mag
 
-    def _load_magnitude(self, ref, coil_axis, sources) -> np.ndarray:
+    def _load_magnitude(self, ref, coil_axis, sources):
+        """(magnitude array, the volume whose affine the scan keeps)."""
         mvols = [load_nifti(p, ndim=(3, 4, 5), what="magnitude") for p in self.magnitude]
         for v in mvols:
-            check_same_grid(ref, v, what="magnitude")
+            self.notices.extend(v.notices)
+            ref = self._same_grid(ref, v, "magnitude")
         mag = _stack(mvols, coil_axis, None)
         sources["magnitude"] = ([str(v.path) for v in mvols] if len(mvols) > 1
                                 else str(mvols[0].path))
-        return check_magnitude(mag, path=mvols[0].path, notices=self.notices)
+        return check_magnitude(mag, path=mvols[0].path, notices=self.notices), ref
 
 
 def _stack(vols, coil_axis, notices) -> np.ndarray:
@@ -558,20 +794,6 @@ def _stack(vols, coil_axis, notices) -> np.ndarray:
 
 def _first(x):
     return x[0] if isinstance(x, list) else x
-
-
-def _same_grid(ref, vol, what):
-    if ref is None:
-        return vol
-    check_same_grid(ref, vol, what=what)
-    return ref
-
-
-def _b0_from_affine(vol: NiftiVolume) -> np.ndarray:
-    try:
-        return b0_dir_from_affine(vol.affine)
-    except InputError as exc:
-        raise InputError(str(exc), path=vol.path) from None
 
 
 def _read_folder(folder: Path, parts: _Parts, *, subject, select) -> None:

@@ -109,13 +109,38 @@ def find_model_file(path) -> Path:
     return p
 
 
+def _safe_load(path: Path, map_location):
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never code.
+
+    A file that needs pickled classes (a whole pickled model, another project's checkpoint) or
+    is not a torch file at all is refused in one line; torch's advice to retry with
+    ``weights_only=False`` (which would run the file's code) is never passed on.
+    """
+    import pickle
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise InputError("not a dlqsm model: the file stores Python objects other than "
+                         "tensors (e.g. a pickled network or another tool's checkpoint), which "
+                         "dlqsm does not load because loading them could run code.", path=path,
+                         fix="use a checkpoint written by 'dlqsm train' or an exported model "
+                         "folder (model.pt).") from None
+    except Exception as exc:  # torch/pickle raise many types for a file that is not theirs
+        raise InputError(f"cannot read this file as a torch checkpoint "
+                         f"({exc.__class__.__name__}).", path=path,
+                         fix="use a checkpoint written by 'dlqsm train' or an exported model "
+                         "folder (model.pt).") from None
+
+
 def _read(path: Path, map_location) -> tuple[dict, dict]:
     """(net info with "net_config", "state_dict", "metadata"; raw file) of a model file."""
-    obj = torch.load(path, map_location=map_location, weights_only=True)  # no code execution
+    obj = _safe_load(path, map_location)
     if isinstance(obj, dict) and "net_config" in obj and "state_dict" in obj:  # exported
         return obj, obj
     info = obj.get(CHECKPOINT_KEY) if isinstance(obj, dict) else None
-    if not info or not info.get("net_config"):
+    if not isinstance(info, dict) or not info.get("net_config") \
+            or not isinstance(obj.get("state_dict"), dict):
         raise InputError("not a dlqsm model (no stored network config).", path=path,
                          fix="use a checkpoint written by 'dlqsm train' or an exported model.")
     prefix = info.get("state_dict_prefix", "net.")

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dlqsm.errors import InputError
+from dlqsm.errors import InputError, check_parameter_types
 from dlqsm.io.scan import Scan
 from dlqsm.physics.units import GAMMA_HZ_PER_T
 from dlqsm.pipeline import background, inversion, masking, unwrap
@@ -187,6 +187,8 @@ def check_parameters(stage_params: dict | None, *, unwrap: str = "romeo", echo_f
             name = f"{stage} ({methods[stage]})" if methods[stage] else stage
             raise InputError(f"unknown parameter(s) {unknown} for {name}.",
                              fix=f"valid ones: {', '.join(sorted(defaults)) or 'none'}.")
+        check_parameter_types(given, defaults, what=f"{stage} ({methods[stage]})"
+                              if methods[stage] else stage)
     return stage_params
 
 

@@ -89,7 +89,7 @@ def test_local_field_input_writes_chimap_and_record(inputs, tmp_path):
         TILT, abs=1e-3)
     assert rec["inference"]["network_voxel_size_mm"] == [1.0, 1.0, 1.0]
     assert rec["timings_s"]["network"] > 0 and rec["timings_s"]["total"] > 0
-    assert rec["outputs"] == ["chimap.nii.gz", "record.json"]
+    assert rec["outputs"] == ["chimap.nii.gz", "chimap.png", "record.json"]
     assert not list(out.glob(".*"))  # no temporary files left behind
 
 
@@ -127,7 +127,8 @@ def test_total_field_input_runs_background_removal(inputs, tmp_path):
                 "--checkpoint", d / "tiny.ckpt", "--bfr", "pdf", "--param", "bfr.max_iter=20",
                 "--no-tile") == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["chimap.nii.gz", "localfield.nii.gz", "mask.nii.gz", "record.json"]
+    assert names == ["chimap.nii.gz", "chimap.png", "localfield.nii.gz", "mask.nii.gz",
+                     "record.json"]
     rec = json.loads((out / "record.json").read_text())
     assert rec["field_mapping"]["parameters"]["bfr"]["method"] == "pdf"
     assert "bfr" in rec["timings_s"] and rec["inference"]["mode"] == "whole-volume"
@@ -180,6 +181,7 @@ def test_raw_qsmci_input_runs_field_mapping_then_the_network(tmp_path):
                 "--param", "bfr.max_iter=10") == 0
     rec = json.loads((out / "record.json").read_text())
     assert rec["input"]["kind"] == "raw"
+    assert "totalfield.nii.gz" in rec["outputs"] and (out / "totalfield.nii.gz").exists()
     assert {"unwrap", "echo_fit", "bfr", "network", "total"} <= set(rec["timings_s"])
     assert not rec["inference"]["resampled"]  # 7 mm scan, 7 mm model, axial
     lf = nib.load(str(out / "localfield.nii.gz")).get_fdata()

@@ -10,6 +10,7 @@ import torch
 
 from dlqsm.cli import reconstruct as cli
 from dlqsm.cli.main import main
+from dlqsm.errors import InputError
 from dlqsm.physics.dipole import DipoleOperator
 from dlqsm.physics.geometry import rotation_matrix
 from dlqsm.pipeline import background, inversion, reconstruct
@@ -62,7 +63,8 @@ def test_local_field_each_method(lf_input, tmp_path, method):
     assert _run([
         "--local-field", d / "lf.nii.gz", "--mask", d / "mask.nii.gz", "-o", out,
         "--method", method, "-q", *params]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["chimap.nii.gz", "record.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["chimap.nii.gz", "chimap.png",
+                                                     "record.json"]
     img = nib.load(str(out / "chimap.nii.gz"))
     np.testing.assert_allclose(img.affine, _affine(), atol=1e-5)
     est = img.get_fdata()
@@ -107,8 +109,9 @@ def test_total_field_input_writes_local_field_and_mask(lf_input, tmp_path):
     out = tmp_path / "out"
     assert _run(["--total-field", tmp_path / "tf.nii.gz", "--mask", d / "mask.nii.gz", "-o",
                  out, "--method", "tkd", "--bfr", "vsharp", "-q"]) == 0
-    assert {p.name for p in out.iterdir()} == {"chimap.nii.gz", "localfield.nii.gz",
-                                               "mask.nii.gz", "record.json"}
+    assert {p.name for p in out.iterdir()} == {"chimap.nii.gz", "chimap.png",
+                                               "localfield.nii.gz", "mask.nii.gz",
+                                               "record.json"}
     lf = nib.load(str(out / "localfield.nii.gz")).get_fdata()
     m = nib.load(str(out / "mask.nii.gz")).get_fdata() > 0.5
     assert m.sum() < mask.sum()  # V-SHARP erodes the rim ...
@@ -125,7 +128,10 @@ def test_total_field_input_writes_local_field_and_mask(lf_input, tmp_path):
     (["--param", "nonsense=1"], "unknown parameter"),
     (["--param", "bfr.nonsense=1"], "unknown parameter"),
     (["--param", "alpha"], "KEY=VALUE"),
-    (["--param", "tolerance.x=1"], "unknown stage"),
+    (["--param", "tolerance.x=1"], "neither a stage nor a method"),
+    (["--param", "threshold=abc", "--method", "tkd"], "'threshold' of inversion .tkd. must be a "
+     "number"),
+    (["--field-unit", "rad"], "needs the field strength"),
     (["--device", "cuda:7" if torch.cuda.is_available() else "cuda"], "CUDA|device"),
 ])
 def test_bad_flags_one_line(lf_input, tmp_path, capsys, argv, message):
@@ -152,11 +158,14 @@ def test_bad_input_names_file(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_parse_params_and_registries():
-    assert cli.parse_params(["alpha=1e-3", "bfr.radii=[8, 4]", "mask.fill=false",
-                             "data_term=full"]) == {
-        "inversion": {"alpha": 1e-3, "data_term": "full"}, "bfr": {"radii": [8, 4]},
-        "mask": {"fill": False}}
+def test_stage_params_and_registries():
+    chosen = {"unwrap": "romeo", "echo_fit": "wls", "bfr": "pdf", "inversion": "tv"}
+    assert cli.stage_params(["alpha=1e-3", "bfr.radii=[8, 4]", "mask.fill=false",
+                             "data_term=full", "pdf.tol=0.01", "tv.max_iter=5"], chosen) == {
+        "inversion": {"alpha": 1e-3, "data_term": "full", "max_iter": 5},
+        "bfr": {"radii": [8, 4], "tol": 0.01}, "mask": {"fill": False}}
+    with pytest.raises(InputError, match="neither a stage nor a method chosen"):
+        cli.stage_params(["tkd.threshold=0.2"], chosen)  # tkd is not the chosen inversion
     assert set(cli.METHODS) == set(inversion.METHODS)
     assert set(cli.BFR) == set(background.METHODS)
     assert set(cli.UNWRAP) == set(reconstruct.UNWRAP_METHODS)
@@ -185,9 +194,9 @@ def test_raw_qsmci_folder(tmp_path):
     out = tmp_path / "out"
     assert _run([d, "-o", out, "--bfr", "vsharp", "--method", "tkd", "-q",
                  "--param", "unwrap.template=1"]) == 0
-    assert {p.name for p in out.iterdir()} == {"chimap.nii.gz", "totalfield.nii.gz",
-                                               "localfield.nii.gz", "mask.nii.gz",
-                                               "record.json"}
+    assert {p.name for p in out.iterdir()} == {"chimap.nii.gz", "chimap.png",
+                                               "totalfield.nii.gz", "localfield.nii.gz",
+                                               "mask.nii.gz", "record.json"}
     tf = nib.load(str(out / "totalfield.nii.gz")).get_fdata()
     err = (tf - total)[mask]
     assert np.abs(err - err.mean()).max() < 1e-3  # noise-free: the field mapping is exact
