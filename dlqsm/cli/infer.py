@@ -21,34 +21,37 @@ examples:
   dlqsm infer bids/ --subject 01 -o out/ --bfr vsharp --device cuda --amp
   dlqsm infer --local-field lf.nii.gz --mask m.nii.gz -o out/ --tile 96   # sliding windows
 
-outputs (in OUT/): chimap.nii.gz (ppm, referenced to the mean inside the mask, 0 outside),
-for raw or total-field input also localfield.nii.gz and mask.nii.gz; record.json with the
-model and its metadata, the B0 geometry and resampling used, and timings.
+outputs (in OUT/): chimap.nii.gz (ppm, referenced to the mean inside the mask, 0 outside) and
+its preview chimap.png, for raw input also totalfield.nii.gz, for raw or total-field input
+localfield.nii.gz and mask.nii.gz; record.json with the model and its metadata, the B0
+geometry and resampling used, timings and the sha256 of every map written. The inputs, the B0
+rule (--b0-dir, --b0-source), --field-unit and --param are those of dlqsm reconstruct.
 """
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``infer`` on the dispatcher's subparsers."""
+    from dlqsm.cli.common import HelpFormatter, add_output
     from dlqsm.cli.reconstruct import add_input_arguments, add_run_arguments, add_stage_arguments
 
     p = subparsers.add_parser(
         "infer", help="learned QSM of one scan (raw phase or field map -> chi, ppm)",
         description="Learned QSM: classical field mapping and background removal when needed, "
         "then a trained network for the dipole inversion, at any B0 direction and voxel size.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EXAMPLES, formatter_class=HelpFormatter)
     add_input_arguments(p, after_field="network")
-    p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
+    add_output(p)
     m = p.add_argument_group("model")
     m.add_argument("--checkpoint", metavar="PATH", help="trained model (.ckpt from dlqsm train "
                    "or a run folder); default: the model shipped with dlqsm")
     m.add_argument("--tile", nargs="*", type=int, metavar="N", default=None,
                    help="force sliding-window inference; optional window size (1 or 3 ints)")
     m.add_argument("--no-tile", action="store_true", help="force whole-volume inference")
-    m.add_argument("--overlap", type=float, default=0.5, help="window overlap (default 0.5)")
+    m.add_argument("--overlap", type=float, default=0.5, help="window overlap (fraction)")
     m.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
     add_stage_arguments(p.add_argument_group("field mapping (raw or total-field input)"),
                         inversion=False)
-    add_run_arguments(p, device="auto")
+    add_run_arguments(p)
     from dlqsm.study.dataset import add_dataset_arguments
 
     add_dataset_arguments(p)  # dataset mode (dlqsm.study)
@@ -73,8 +76,10 @@ def _tile_option(args):
 
 def outputs_for(kind: str) -> list[str]:
     """Files written for a scan of ``kind`` ("raw", "total_field", "local_field")."""
-    extra = ["localfield.nii.gz", "mask.nii.gz"] if kind != "local_field" else []
-    return ["chimap.nii.gz", *extra, "record.json"]
+    extra = ["totalfield.nii.gz"] if kind == "raw" else []
+    if kind != "local_field":
+        extra += ["localfield.nii.gz", "mask.nii.gz"]
+    return ["chimap.nii.gz", "chimap.png", *extra, "record.json"]
 
 
 def run(args) -> int:
@@ -85,42 +90,41 @@ def run(args) -> int:
         return run_dataset(args, command="infer", run_one=run)
     import time
 
-    from dlqsm.cli.reconstruct import parse_params
+    from dlqsm.cli.reconstruct import scan_arguments, stage_params, write_maps
     from dlqsm.errors import InputError
     from dlqsm.inference import Predictor, local_field_from_scan
     from dlqsm.io.outputs import OutputDir
     from dlqsm.io.scan import load_scan
+    from dlqsm.pipeline.reconstruct import check_parameters
 
     t0 = time.perf_counter()
     out = OutputDir(args.out, force=args.force)
-    out.check(["chimap.nii.gz", "record.json"])
+    out.check(["chimap.nii.gz", "chimap.png", "record.json"])  # before any work
     if args.mask_erosion < 0:
         raise InputError(f"--mask-erosion must be >= 0 mm, got {args.mask_erosion}.")
     tile, roi = _tile_option(args)
-    stage_params = parse_params(args.param)
+    methods = dict(unwrap=args.unwrap, echo_fit=args.echo_fit, bfr=args.bfr)
+    params = stage_params(args.param, {"unwrap": args.unwrap, "echo_fit": args.echo_fit,
+                                       "bfr": args.bfr, "inversion": None})
+    check_parameters(params, **methods, method=None)
     predictor = Predictor(args.checkpoint, device=args.device, tile=tile, roi_size=roi,
                           overlap=args.overlap, amp=args.amp, progress=not args.quiet)
-    scan = load_scan(args.input, phase=args.phase, magnitude=args.magnitude, te=args.te,
-                     field_strength=args.field_strength, mask=args.mask,
-                     local_field=args.local_field, total_field=args.total_field,
-                     b0_dir=args.b0_dir, voxel_size=args.voxel_size,
-                     phase_sign=args.phase_sign, coil_axis=args.coil_axis,
-                     rescale_phase=args.rescale_phase, subject=args.subject, select=args.select)
-    names = outputs_for(scan.kind)
-    out.check(names)
-    fmap = local_field_from_scan(scan, unwrap=args.unwrap, echo_fit=args.echo_fit, bfr=args.bfr,
-                                 mask_erosion_mm=args.mask_erosion, device=predictor.device,
-                                 progress=not args.quiet, stage_params=stage_params)
-    _say(args, f"network ({predictor.spec.name}) on {predictor.device} ...")
-    pred = predictor.run(fmap.local_field, fmap.mask, voxel_size=scan.voxel_size,
-                         b0_dir=scan.b0_dir)
-    total = time.perf_counter() - t0
-    vols = {"chimap.nii.gz": pred.chi, "localfield.nii.gz": fmap.local_field,
-            "mask.nii.gz": fmap.mask}
-    for name in names:
-        if name in vols:
-            out.nifti(name, vols[name].float(), scan.affine)
-    out.json("record.json", build_record(scan, fmap, pred, predictor, args, names, total))
+    with out.lock():
+        scan = load_scan(args.input, **scan_arguments(args))
+        names = outputs_for(scan.kind)
+        out.check(names)
+        fmap = local_field_from_scan(scan, **methods, mask_erosion_mm=args.mask_erosion,
+                                     device=predictor.device, progress=not args.quiet,
+                                     stage_params=params)
+        _say(args, f"network ({predictor.spec.name}) on {predictor.device} ...")
+        pred = predictor.run(fmap.local_field, fmap.mask, voxel_size=scan.voxel_size,
+                             b0_dir=scan.b0_dir)
+        total = time.perf_counter() - t0
+        vols = {"chimap.nii.gz": pred.chi, "totalfield.nii.gz": fmap.total_field,
+                "localfield.nii.gz": fmap.local_field, "mask.nii.gz": fmap.mask}
+        hashes = write_maps(out, scan, vols, names, mask=fmap.mask)
+        out.json("record.json", {**build_record(scan, fmap, pred, predictor, args, names,
+                                                total), "sha256": hashes})
     for note in fmap.notices:
         _say(args, f"note: {note}")
     _say(args, f"wrote {', '.join(names)} to {out.path} ({total:.1f} s)")
@@ -134,17 +138,14 @@ def _say(args, text: str) -> None:
 
 def build_record(scan, fmap, pred, predictor, args, names, total_s) -> dict:
     """The JSON record: inputs, model and metadata, geometry and resampling, timings."""
+    from dlqsm.cli.reconstruct import geometry_record
     from dlqsm.io.outputs import software_versions
-    from dlqsm.physics.geometry import angle_to_b0
 
-    b0 = [float(b) for b in scan.b0_dir]
     return {
         "command": "dlqsm infer " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else []),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "input": {"kind": scan.kind, "sources": scan.sources, "shape": list(scan.shape)},
-        "geometry": {"b0_dir_voxel": b0, "b0_angle_to_voxel_z_deg": angle_to_b0(b0),
-                     "voxel_size_mm": [float(v) for v in scan.voxel_size],
-                     "affine": scan.affine},
+        "geometry": geometry_record(scan),
         "units": {"chimap": "ppm, referenced to its mean inside the mask (whole brain)",
                   "fields": "ppm"},
         "model": predictor.describe(),

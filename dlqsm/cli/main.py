@@ -12,6 +12,7 @@ import argparse
 import importlib
 import sys
 
+from dlqsm.cli.common import HelpFormatter
 from dlqsm.errors import DlqsmError
 
 SUBCOMMANDS = {
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     import dlqsm
 
     parser = argparse.ArgumentParser(
-        prog="dlqsm", description="Deep-learning quantitative susceptibility mapping (QSM).")
+        prog="dlqsm", description="Deep-learning quantitative susceptibility mapping (QSM).",
+        formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"dlqsm {dlqsm.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in _available().values():

@@ -8,12 +8,22 @@ JSON record. Heavy imports happen inside :func:`run` so ``dlqsm --help`` stays f
 from __future__ import annotations
 
 import argparse
-import ast
 import datetime
 import os
 import sys
 
+from dlqsm.cli.common import (
+    HelpFormatter,
+    add_output,
+    add_param,
+    add_run_options,
+    parse_value,
+    split_params,
+)
 from dlqsm.errors import DlqsmError, InputError
+
+__all__ = ["add_input_arguments", "add_stage_arguments", "add_run_arguments", "stage_params",
+           "parse_value", "outputs_for", "run", "write_map", "build_record"]
 
 # Static copies of the registries (checked against them by the tests) keep --help light.
 UNWRAP = ("romeo", "laplacian")
@@ -29,12 +39,21 @@ examples:
       --field-strength 3 -o out/
   dlqsm reconstruct --local-field lf.nii.gz --mask mask.nii.gz --b0-dir 0 0 1 -o out/ \\
       --method tkd --param threshold=0.15
-  --param applies to the inversion; prefix a stage for others: --param bfr.tol=0.005,
-  --param unwrap.template=1, --param mask.threshold_scale=0.8, --param echo_fit.<name>=...
+  dlqsm reconstruct --local-field lf_hz.nii.gz --field-unit hz --field-strength 3 \\
+      --mask mask.nii.gz -o out/
+  --param without a prefix applies to the inversion; prefix a stage or the chosen method for
+  others: --param bfr.tol=0.005 (or pdf.tol=...), --param tv.alpha=1e-3, --param
+  unwrap.template=1, --param mask.threshold_scale=0.8, --param echo_fit.<name>=...
 
-outputs (in OUT/): chimap.nii.gz (ppm, referenced to the mean inside the mask), and for raw
-input totalfield.nii.gz, localfield.nii.gz, mask.nii.gz (total-field input: localfield and
-mask); record.json with inputs, parameters (defaults included), B0 geometry, timings, versions.
+outputs (in OUT/): chimap.nii.gz (ppm, referenced to the mean inside the mask) and its preview
+chimap.png (three orthogonal slices), and for raw input totalfield.nii.gz, localfield.nii.gz,
+mask.nii.gz (total-field input: localfield and mask); record.json with inputs, parameters
+(defaults included), B0 geometry, timings, versions and the sha256 of every map written.
+A run owns OUT while it writes: a second run into the same folder is refused.
+
+B0 direction: --b0-dir wins; else a B0_dir from params.json or the BIDS sidecar wins over the
+NIfTI affine (--b0-source affine|sidecar forces one). A sheared affine or a disagreement above
+1 degree is reported, and both directions are kept in record.json.
 """
 
 
@@ -57,8 +76,16 @@ def add_input_arguments(p: argparse.ArgumentParser, *, after_field: str = "inver
                    f"{after_field} only")
     g.add_argument("--total-field", metavar="TF", help="total field NIfTI (ppm): background "
                    f"removal + {after_field}")
+    g.add_argument("--field-unit", choices=("ppm", "hz", "rad"), default=None,
+                   help="unit of --local-field/--total-field: hz needs --field-strength, rad "
+                   "--te (one value) and --field-strength (default: ppm, refused when "
+                   "implausibly large; give ppm to take the values as they are)")
     g.add_argument("--b0-dir", nargs=3, type=float, metavar=("X", "Y", "Z"),
-                   help="B0 direction in voxel coordinates (default: from the affine)")
+                   help="B0 direction in voxel coordinates (default: params.json/sidecar "
+                   "B0_dir, else from the affine)")
+    g.add_argument("--b0-source", choices=("auto", "affine", "sidecar"), default="auto",
+                   help="where the B0 direction comes from without --b0-dir: auto = a "
+                   "B0_dir in params.json/the sidecar, else the affine")
     g.add_argument("--voxel-size", nargs="+", type=float, metavar="MM",
                    help="voxel size in mm (default: from the affine)")
     g.add_argument("--phase-sign", type=int, choices=(1, -1), default=1,
@@ -74,29 +101,24 @@ def add_input_arguments(p: argparse.ArgumentParser, *, after_field: str = "inver
 
 def add_stage_arguments(g, *, inversion: bool) -> None:
     """Method flags of the classical stages (``inversion=False``: field mapping only, for infer)."""
-    g.add_argument("--unwrap", choices=UNWRAP, default="romeo")
-    g.add_argument("--echo-fit", choices=ECHO_FIT, default="wls")
-    g.add_argument("--bfr", choices=BFR, default="pdf", help="background removal (default pdf: "
+    g.add_argument("--unwrap", choices=UNWRAP, default="romeo", help="phase unwrapping")
+    g.add_argument("--echo-fit", choices=ECHO_FIT, default="wls",
+                   help="multi-echo field fit")
+    g.add_argument("--bfr", choices=BFR, default="pdf", help="background field removal (pdf "
                    "covers the whole mask)")
     if inversion:
         g.add_argument("--method", choices=METHODS, default="tv", help="dipole inversion")
     g.add_argument("--mask-erosion", type=float, default=0.0, metavar="MM",
                    help="erode a computed mask by MM (a given mask is never eroded)")
-    if inversion:
-        g.add_argument("--param", action="append", default=[], metavar="[STAGE.]KEY=VALUE",
-                       help="stage parameter (repeatable); no STAGE means the inversion")
-    else:
-        g.add_argument("--param", action="append", default=[], metavar="STAGE.KEY=VALUE",
-                       help="field-mapping stage parameter, e.g. bfr.tol=0.01 (repeatable)")
+    add_param(g, help="parameter of a stage (coil, mask, unwrap, echo_fit, bfr, inversion) "
+              "or of a chosen method (e.g. tv.alpha=1e-3, pdf.tol=0.01); without TARGET the "
+              "inversion's" + ("" if inversion else " (infer runs none: prefix a stage)")
+              + "; repeatable")
 
 
-def add_run_arguments(p, *, device: str) -> None:
-    """--device, --force and --quiet, shared by the per-scan commands."""
-    r = p.add_argument_group("run")
-    r.add_argument("--device", default=device, help=f"cpu or cuda (default {device})"
-                   if device == "cpu" else f"auto, cpu or cuda (default {device})")
-    r.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+def add_run_arguments(p):
+    """``--device``, ``--force`` and ``-q`` (:func:`dlqsm.cli.common.add_run_options`)."""
+    return add_run_options(p)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -105,11 +127,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "reconstruct", help="classical QSM of one scan (raw phase or field map -> chi, ppm)",
         description="Classical QSM: coil combination, masking, unwrapping, echo fit, "
         "background removal and dipole inversion of one scan.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EXAMPLES, formatter_class=HelpFormatter)
     add_input_arguments(p)
-    p.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder")
+    add_output(p)
     add_stage_arguments(p.add_argument_group("methods"), inversion=True)
-    add_run_arguments(p, device="cpu")
+    add_run_arguments(p)
     from dlqsm.study.dataset import add_dataset_arguments
 
     add_dataset_arguments(p)  # dataset mode (dlqsm.study)
@@ -117,41 +139,52 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def parse_value(text: str):
-    """``"3"`` -> 3, ``"1e-3"`` -> 0.001, ``"true"`` -> True, ``"[12,8]"`` -> [12, 8], else str."""
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+def stage_params(items, methods: dict) -> dict:
+    """``--param`` items -> ``{stage: {key: value}}`` for :func:`dlqsm.pipeline.reconstruct`.
 
+    TARGET (the part before the first dot) is a stage name or the method chosen for a stage
+    (``methods``: ``{"unwrap": "romeo", "echo_fit": "wls", "bfr": "pdf", "inversion": "tv"}``,
+    None for a stage that does not run); no TARGET means the inversion.
+    ``["alpha=1e-3", "bfr.tol=0.01"]`` -> ``{"inversion": {"alpha": 0.001}, "bfr": {"tol": 0.01}}``.
+    """
+    from dlqsm.pipeline.reconstruct import STAGES
 
-def parse_params(items) -> dict:
-    """``["alpha=1e-3", "bfr.tol=0.01"]`` -> ``{"inversion": {"alpha": 0.001},
-    "bfr": {"tol": 0.01}}``."""
     out: dict = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InputError(f"--param {item!r} is not KEY=VALUE.",
-                             fix="write e.g. --param alpha=0.001 or --param bfr.tol=0.01.")
-        stage, dot, name = key.rpartition(".")
-        out.setdefault(stage if dot else "inversion", {})[name] = parse_value(value)
+    for target, key, value, item in split_params(items):
+        if target is None:
+            stage = "inversion"
+        elif target in STAGES:
+            stage = target
+        else:
+            stage = next((st for st, m in methods.items() if m == target), None)
+            if stage is None:
+                chosen = ", ".join(f"{m} ({st})" for st, m in methods.items() if m)
+                raise InputError(f"--param {item!r}: {target!r} is neither a stage nor a method "
+                                 f"chosen for this run ({chosen}).",
+                                 fix=f"prefix one of {', '.join(STAGES)} or a chosen method.")
+        out.setdefault(stage, {})[key] = value
     return out
 
 
 def outputs_for(kind: str) -> list[str]:
     """Files written for a scan of ``kind`` ("raw", "total_field", "local_field")."""
-    names = ["chimap.nii.gz"]
+    names = ["chimap.nii.gz", "chimap.png"]
     if kind == "raw":
         names.append("totalfield.nii.gz")
     if kind in ("raw", "total_field"):
         names += ["localfield.nii.gz", "mask.nii.gz"]
     return names + ["record.json"]
+
+
+def scan_arguments(args) -> dict:
+    """Keyword arguments of :func:`dlqsm.io.scan.load_scan` from the input flags."""
+    return dict(phase=args.phase, magnitude=args.magnitude, te=args.te,
+                field_strength=args.field_strength, mask=args.mask,
+                local_field=args.local_field, total_field=args.total_field, b0_dir=args.b0_dir,
+                voxel_size=args.voxel_size, phase_sign=args.phase_sign,
+                coil_axis=args.coil_axis, rescale_phase=args.rescale_phase,
+                subject=args.subject, select=args.select, field_unit=args.field_unit,
+                b0_source=args.b0_source)
 
 
 def run(args) -> int:
@@ -165,25 +198,21 @@ def run(args) -> int:
     from dlqsm.pipeline.reconstruct import check_parameters, resolve_device
 
     out = OutputDir(args.out, force=args.force)
-    out.check(["chimap.nii.gz", "record.json"])
-    stage_params = parse_params(args.param)
+    out.check(["chimap.nii.gz", "chimap.png", "record.json"])  # before any work
     methods = dict(unwrap=args.unwrap, echo_fit=args.echo_fit, bfr=args.bfr, method=args.method)
-    check_parameters(stage_params, **methods)
-    resolve_device(args.device)
-    scan = load_scan(args.input, phase=args.phase, magnitude=args.magnitude, te=args.te,
-                     field_strength=args.field_strength, mask=args.mask,
-                     local_field=args.local_field, total_field=args.total_field,
-                     b0_dir=args.b0_dir, voxel_size=args.voxel_size,
-                     phase_sign=args.phase_sign, coil_axis=args.coil_axis,
-                     rescale_phase=args.rescale_phase, subject=args.subject,
-                     select=args.select)
-    names = outputs_for(scan.kind)
-    out.check(names)
-    for note in scan.notices:
-        if not args.quiet:
-            print(f"dlqsm reconstruct: note: {note}", file=sys.stderr)
-    result = _reconstruct(scan, args, stage_params, methods)
-    _write(out, scan, result, args, names)
+    params = stage_params(args.param, {"unwrap": args.unwrap, "echo_fit": args.echo_fit,
+                                       "bfr": args.bfr, "inversion": args.method})
+    check_parameters(params, **methods)
+    args.device = str(resolve_device(args.device))
+    with out.lock():
+        scan = load_scan(args.input, **scan_arguments(args))
+        names = outputs_for(scan.kind)
+        out.check(names)
+        for note in scan.notices:
+            if not args.quiet:
+                print(f"dlqsm reconstruct: note: {note}", file=sys.stderr)
+        result = _reconstruct(scan, args, params, methods)
+        _write(out, scan, result, args, names)
     if not args.quiet:
         for note in result.notices:
             print(f"dlqsm reconstruct: note: {note}", file=sys.stderr)
@@ -211,18 +240,52 @@ def _reconstruct(scan, args, stage_params, methods):
 def _write(out, scan, result, args, names) -> None:
     vols = {"chimap.nii.gz": result.chimap, "totalfield.nii.gz": result.total_field,
             "localfield.nii.gz": result.local_field, "mask.nii.gz": result.mask}
+    hashes = write_maps(out, scan, vols, names, mask=result.mask)
+    out.json("record.json", {**build_record(scan, result, args, names), "sha256": hashes})
+
+
+def write_maps(out, scan, vols: dict, names, *, mask) -> dict:
+    """Write the NIfTI maps among ``names`` (ppm, the scan's affine) and ``chimap.png``; returns
+    ``{file: sha256}`` of the NIfTI files, for the record."""
+    from dlqsm.io.outputs import sha256_file
+
+    hashes = {}
     for name in names:
-        if name in vols:
-            out.nifti(name, vols[name].float(), scan.affine)
-    out.json("record.json", build_record(scan, result, args, names))
+        if name.endswith(".nii.gz") and vols.get(name) is not None:
+            hashes[name] = sha256_file(out.nifti(name, vols[name].float(), scan.affine))
+    if "chimap.png" in names:
+        write_map(out, "chimap.png", vols["chimap.nii.gz"], mask, scan.voxel_size)
+    return hashes
+
+
+def write_map(out, name, chi, mask, voxel_size) -> None:
+    """The PNG preview of a chi map (three orthogonal slices, ppm colour bar), atomically."""
+    import numpy as np
+
+    from dlqsm.evaluation.figures import chi_preview
+
+    def arr(x):
+        return np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)
+
+    chi_preview(arr(chi), arr(mask).astype(bool), voxel_size, out.target(name),
+                title=f"{out.path.name}/{name.replace('.png', '.nii.gz')} (ppm)")
+
+
+def geometry_record(scan) -> dict:
+    """B0 direction used and where it came from, the affine's and the sidecar's directions,
+    their disagreement, the affine's shear, voxel size and affine (for record.json)."""
+    from dlqsm.physics.geometry import angle_to_b0
+
+    b0 = [float(b) for b in scan.b0_dir]
+    return {"b0_dir_voxel": b0, "b0_angle_to_voxel_z_deg": angle_to_b0(b0),
+            **scan.geometry, "voxel_size_mm": [float(v) for v in scan.voxel_size],
+            "affine": scan.affine}
 
 
 def build_record(scan, result, args, names) -> dict:
     """The JSON record of a reconstruction: inputs, geometry, parameters, timings, versions."""
     from dlqsm.io.outputs import software_versions
-    from dlqsm.physics.geometry import angle_to_b0
 
-    b0 = [float(b) for b in scan.b0_dir]
     return {
         "command": (" ".join(["dlqsm", *sys.argv[1:]])
                     if len(sys.argv) > 1 and sys.argv[1] == "reconstruct" else None),
@@ -233,10 +296,7 @@ def build_record(scan, result, args, names) -> dict:
                   "field_strength_t": scan.b0_tesla, "echoes": scan.n_echoes,
                   "coils": int(scan.phase.shape[0]) if scan.has_coils else None,
                   "phase_sign": args.phase_sign},
-        "geometry": {"b0_dir_voxel": b0, "b0_angle_to_voxel_z_deg": angle_to_b0(b0),
-                     "b0_dir_source": scan.sources.get("b0_dir", "affine"),
-                     "voxel_size_mm": [float(v) for v in scan.voxel_size],
-                     "affine": scan.affine},
+        "geometry": geometry_record(scan),
         "units": {"chimap": "ppm, referenced to its mean inside the mask (whole brain)",
                   "fields": "ppm", "phase": "rad"},
         "methods": {k: v.get("method") for k, v in result.parameters.items()},

@@ -103,6 +103,8 @@ def read_into(folder, parts) -> None:
     if start == "phase":
         parts.phase = [found["phase"]]
         parts.magnitude = [found["magnitude"]] if found["magnitude"] else None
+        if not (found["magnitude"] or found["mask"]):
+            _missing_magnitude(folder, parts)
         _param(parts, params, pfile, "TE", "te", "echo times (TE, s)")
         _param(parts, params, pfile, "B0", "b0", "the field strength (B0, T)")
     elif start == "totalfield":
@@ -127,3 +129,17 @@ def _param(parts, params, pfile, key, attr, what) -> None:
             f"{what} missing: params.json has no {key!r}.", path=where,
             fix=f"add \"{key}\" to params.json or pass it on the command line "
             f"({'--te' if attr == 'te' else '--field-strength'}).")
+
+
+def _missing_magnitude(folder: Path, parts) -> None:
+    """Remember why a raw folder without magnitude and mask cannot be masked (raised by the
+    loader unless --magnitude or --mask is given), naming the files QSM-CI expects."""
+    known = {f"{n}{ext}" for n in ARTIFACTS for ext in (".nii.gz", ".nii")}
+    others = sorted(p.name for p in folder.iterdir() if p.name.endswith((".nii", ".nii.gz"))
+                    and p.name not in known)
+    seen = f" (found {', '.join(others)}: QSM-CI names them magnitude.nii.gz and mask.nii.gz)" \
+        if others else ""
+    parts.missing["magnitude"] = InputError(
+        f"no magnitude.nii.gz and no mask.nii.gz here{seen}; one of them is needed to compute "
+        "the brain mask.", path=folder, fix="rename the file (magnitude.nii.gz: 4D over echoes "
+        "like phase.nii.gz; mask.nii.gz: 3D), or pass --magnitude or --mask.")

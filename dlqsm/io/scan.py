@@ -600,6 +600,11 @@ class _Parts:
             notices.append("both phase and a field were given: the field is used and the "
                            "phase ignored.")
             self.phase = None
+        if self.phase is not None and self.magnitude is None and self.mask is None:
+            raise self.missing.get("magnitude") or InputError(
+                "raw phase without magnitude images or a mask: one of them is needed to "
+                "compute the brain mask.", path=self.phase[0],
+                fix="pass --magnitude (BIDS: add the *_part-mag_MEGRE files) or --mask.")
         sources: dict = {}
         ref = None
         arrays: dict = {}
