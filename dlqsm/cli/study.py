@@ -30,13 +30,15 @@ chi_regions.png (each nucleus across runs).
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``study`` on the dispatcher's subparsers."""
+    from dlqsm.cli.common import HelpFormatter, add_output, add_run_options
+
     p = subparsers.add_parser(
         "study",
         help="cohort table of deep grey matter chi from dlqsm derivatives",
         description="Mean/median/SD of chi in the deep grey nuclei of every run, from a "
         "segmentation you give, with participants.tsv joined; a CSV and a figure.",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "derivatives",
@@ -60,12 +62,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--reference",
         choices=("brain", "csf"),
         default="brain",
-        help="region the relative values subtract (default: brain, the whole-brain "
-        "mean; csf: the labelled CSF/ventricles)",
+        help="region the relative values subtract (brain: the whole-brain mean; csf: the "
+        "labelled CSF/ventricles)",
     )
-    p.add_argument("-o", "--out", metavar="OUT", help="output folder (default DERIV/study)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing table")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    add_output(p, required=False, help="output folder (default DERIV/study)")
+    add_run_options(p, device=False)  # the same --force and -q as every subcommand
     p.set_defaults(func=run)
     return p
 
