@@ -30,6 +30,11 @@ def _chi(deriv, key):
     return nib.load(str(_anat(deriv, key) / f"{key}_Chimap.nii.gz")).get_fdata()
 
 
+def _recon(root, out, *extra):
+    """``dlqsm reconstruct ROOT -o OUT -q`` with the fast test methods; the exit code."""
+    return main(["reconstruct", str(root), "-o", str(out), "-q", *FAST, *extra])
+
+
 def _latest_log(deriv, command="reconstruct"):
     logs = sorted((deriv / "logs").glob(f"dlqsm-{command}_*_runs.tsv"))
     return {r["run"]: r for r in read_summary(logs[-1])}
@@ -116,23 +121,7 @@ def test_derivatives_tree(derived):
 def test_single_run_call_keeps_flat_names_and_equals_dataset_mode(derived, tmp_path):
     root, deriv, _ = derived
     out = tmp_path / "one"
-    assert (
-        main(
-            [
-                "reconstruct",
-                str(root),
-                "--subject",
-                "01",
-                "--select",
-                "ses-2",
-                "-o",
-                str(out),
-                "-q",
-                *FAST,
-            ]
-        )
-        == 0
-    )
+    assert _recon(root, str(out), "--subject", "01", "--select", "ses-2") == 0
     assert (out / "chimap.nii.gz").exists() and (out / "record.json").exists()
     assert not (out / "dataset_description.json").exists()
     chi = nib.load(str(out / "chimap.nii.gz")).get_fdata()
@@ -150,7 +139,7 @@ def _snapshot(folder):
 def test_resume_skips_and_touches_nothing(derived):
     root, deriv, _ = derived
     before = _snapshot(deriv)
-    assert main(["reconstruct", str(root), "-o", str(deriv), "-q", *FAST]) == 0
+    assert _recon(root, deriv) == 0
     assert _snapshot(deriv) == before
     log = _latest_log(deriv)
     assert sorted(log) == KEYS and {r["status"] for r in log.values()} == {"skipped"}
@@ -159,9 +148,7 @@ def test_resume_skips_and_touches_nothing(derived):
 def test_resume_refuses_other_settings(derived, capsys):
     root, deriv, _ = derived
     before = _snapshot(deriv)
-    args = ["reconstruct", str(root), "-o", str(deriv), "-q", *FAST]
-    args[args.index("tkd")] = "tsvd"
-    assert main(args) == 2
+    assert _recon(root, deriv, "--method", "tsvd") == 2
     err = capsys.readouterr().err
     assert "made with other settings" in err and "method" in err and "--force" in err
     assert _snapshot(deriv) == before
@@ -170,23 +157,7 @@ def test_resume_refuses_other_settings(derived, capsys):
 def test_jobs_2_equals_jobs_1(derived, tmp_path):
     root, deriv, _ = derived
     out = tmp_path / "par"
-    assert (
-        main(
-            [
-                "reconstruct",
-                str(root),
-                "-o",
-                str(out),
-                "--participant-label",
-                "01",
-                "--jobs",
-                "2",
-                "-q",
-                *FAST,
-            ]
-        )
-        == 0
-    )
+    assert _recon(root, str(out), "--participant-label", "01", "--jobs", "2") == 0
     log = _latest_log(out)
     assert sorted(log) == ["sub-01_ses-1", "sub-01_ses-2"]
     for key in log:
@@ -204,18 +175,7 @@ def test_failing_runs_do_not_stop_the_others(cohort, tmp_path, capsys):
     bad.write_bytes(bad.read_bytes()[:200])  # a truncated download
     (bids / "sub-02/ses-2/anat/sub-02_ses-2_echo-3_part-mag_MEGRE.nii.gz").unlink()
     out = tmp_path / "deriv"
-    argv = [
-        "reconstruct",
-        str(bids),
-        "-o",
-        str(out),
-        "--participant-label",
-        "01",
-        "02",
-        "-q",
-        *FAST,
-    ]
-    assert main(argv) == 1
+    assert _recon(bids, out, "--participant-label", "01", "02") == 1
     log = _latest_log(out)
     assert {k: r["status"] for k, r in log.items()} == {
         "sub-01_ses-1": "done",
@@ -230,7 +190,7 @@ def test_failing_runs_do_not_stop_the_others(cohort, tmp_path, capsys):
     assert not (out / "sub-01/ses-2/anat/sub-01_ses-2_Chimap.nii.gz").exists()
     assert not [p for p in out.rglob(".dlqsm-staging-*")]
     # the next call retries only what failed
-    assert main(argv) == 1
+    assert _recon(bids, out, "--participant-label", "01", "02") == 1
     log = _latest_log(out)
     assert log["sub-01_ses-1"]["status"] == "skipped"
     assert log["sub-01_ses-2"]["status"] == "failed"
@@ -275,19 +235,14 @@ def test_infer_dataset_mode(cohort, tmp_path):
 
 def test_output_folder_checks(cohort, tmp_path, capsys):
     root, _ = cohort
-    assert main(["reconstruct", str(root), "-o", str(root), "-q", *FAST]) == 2
+    assert _recon(root, root) == 2
     assert "is the input dataset" in capsys.readouterr().err
     other = tmp_path / "other"
     other.mkdir()
     (other / "dataset_description.json").write_text('{"Name": "x", "DatasetType": "raw"}')
-    assert main(["reconstruct", str(root), "-o", str(other), "-q", *FAST]) == 2
+    assert _recon(root, other) == 2
     assert "dlqsm did not write" in capsys.readouterr().err
-    assert (
-        main(
-            ["reconstruct", str(root), "-o", str(tmp_path / "d"), "--participant-label", "07", "-q"]
-        )
-        == 2
-    )
+    assert _recon(root, tmp_path / "d", "--participant-label", "07") == 2
     assert "no *_MEGRE runs match (participants 07)" in capsys.readouterr().err
 
 
