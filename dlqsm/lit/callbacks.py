@@ -1,7 +1,13 @@
-"""Training callbacks: slice panels of validation predictions and ``metadata.json`` export."""
+"""Training callbacks: slice panels of validation predictions, ``metadata.json`` export, and
+checkpoint-then-requeue for SLURM jobs (:class:`SlurmRequeue`)."""
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +19,9 @@ from matplotlib.figure import Figure
 
 from dlqsm.io.outputs import write_json_atomic
 from dlqsm.metrics.functional import nrmse
+
+log = logging.getLogger(__name__)
+HPC_CKPT = re.compile(r"hpc_ckpt_(\d+)\.ckpt$")
 
 
 def _central_slices(vol: np.ndarray) -> list[tuple[str, np.ndarray]]:
@@ -119,3 +128,108 @@ class MetadataExport(Callback):
 def to_numpy(t: torch.Tensor) -> np.ndarray:
     """Detach a tensor to a float32 numpy array on the CPU."""
     return t.detach().float().cpu().numpy()
+
+
+def hpc_checkpoints(folder) -> list[Path]:
+    """``hpc_ckpt_N.ckpt`` files of ``folder`` (Lightning's names for SLURM checkpoints), by N."""
+    folder = Path(folder)
+    found = [(int(m.group(1)), p) for p in folder.glob("hpc_ckpt_*.ckpt")
+             if (m := HPC_CKPT.search(p.name))] if folder.is_dir() else []
+    return [p for _, p in sorted(found)]
+
+
+def slurm_job_id() -> str | None:
+    """The id ``scontrol requeue`` takes for this job (``ARRAYID_TASKID`` in an array), or None."""
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+class JobRequeued(SystemExit):
+    """Raised on every rank after the checkpoint is written and the job requeued: the process
+    ends without a result, so a submitit launcher keeps waiting for the requeued run."""
+
+
+class SlurmRequeue(Callback):
+    """Checkpoint at a step boundary and requeue the SLURM job when the scheduler asks for it.
+
+    SLURM sends ``signum`` (default SIGUSR1) ``signal_delay_s`` before the time limit (sbatch
+    ``--signal=USR1@120``; ``hydra/launcher=slurm`` sets it). The handler only sets a flag; after
+    the current optimizer step every rank agrees on it (one all-reduce per step when there are
+    several ranks), all write ``hpc_ckpt_N.ckpt`` in ``trainer.default_root_dir`` together, rank 0
+    runs ``scontrol requeue``, and the job ends with :class:`JobRequeued`. SIGTERM (preemption,
+    ``scontrol requeue`` from outside, ``scancel``) makes Lightning stop after the current step;
+    this callback then writes the same checkpoint. The requeued run resumes from the newest
+    checkpoint (:func:`dlqsm.lit.train.slurm_resume_path`) with the same global step, so no step
+    is repeated or lost. Unlike Lightning's own SIGUSR1 handler, nothing is saved mid-step and no
+    step runs after the checkpoint.
+    """
+
+    def __init__(self, signum: int = signal.SIGUSR1):
+        self.signum = signal.Signals(signum)
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame) -> None:
+        log.warning("Received %s: checkpoint and requeue after this step",
+                    signal.Signals(signum).name)
+        self.requested = True
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # before Lightning's signal connector: it keeps a handler that is already there
+        self._previous = signal.signal(self.signum, self._handler)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self._previous is not None:
+            signal.signal(self.signum, self._previous)
+            self._previous = None
+
+    def _agreed(self, trainer, pl_module) -> bool:
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=pl_module.device)
+        if trainer.world_size > 1:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def save(self, trainer) -> Path:
+        """Write the next ``hpc_ckpt_N.ckpt`` (all ranks take part; Lightning writes it)."""
+        done = hpc_checkpoints(trainer.default_root_dir)
+        n = int(HPC_CKPT.search(done[-1].name).group(1)) + 1 if done else 1
+        path = Path(trainer.default_root_dir) / f"hpc_ckpt_{n}.ckpt"
+        trainer.save_checkpoint(path)
+        log.info("Saved %s at global step %d", path, trainer.global_step)
+        return path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self._agreed(trainer, pl_module):
+            return
+        self.save(trainer)
+        self.requested = False
+        ok = True
+        if trainer.is_global_zero:
+            ok = requeue(slurm_job_id())
+        if trainer.world_size > 1:
+            flag = torch.tensor([1.0 if ok else 0.0], device=pl_module.device)
+            torch.distributed.broadcast(flag, src=0)
+            ok = bool(flag.item() > 0)
+        if ok:
+            raise JobRequeued(0)
+        log.warning("Job not requeued: training continues until the time limit; resume by "
+                    "submitting again with the same run folder.")
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # Lightning raises SIGTERMException between training steps on every rank together
+        if type(exception).__name__ == "SIGTERMException" and trainer.training:
+            self.save(trainer)
+
+
+def requeue(job_id: str | None) -> bool:
+    """``scontrol requeue job_id``; True when SLURM accepted it."""
+    if not job_id:
+        return False
+    res = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    if res.returncode:
+        log.warning("scontrol requeue %s failed: %s", job_id, res.stderr.strip())
+        return False
+    log.info("Requeued SLURM job %s", job_id)
+    return True

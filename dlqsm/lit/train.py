@@ -19,11 +19,13 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 import dlqsm
 from dlqsm.errors import InputError
+from dlqsm.lit.callbacks import SlurmRequeue, hpc_checkpoints
 
 log = logging.getLogger(__name__)
 CONFIG_ENV = "DLQSM_CONFIG_DIR"
@@ -90,6 +92,30 @@ def resolve_ckpt_path(ckpt_path, trainer: L.Trainer) -> str | None:
     return str(p)
 
 
+def slurm_resume_path(trainer: L.Trainer) -> str | None:
+    """The checkpoint a requeued SLURM job resumes from, or None outside one.
+
+    A job that SLURM restarted (``SLURM_RESTART_COUNT`` >= 1: requeued after the time-limit
+    signal, preemption, ``scontrol requeue`` or a node failure) continues from the newest of
+    its run folder's ``hpc_ckpt_N.ckpt`` (written by :class:`dlqsm.lit.callbacks.SlurmRequeue`)
+    and ``checkpoints/last.ckpt``.
+    """
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) < 1:
+        return None
+    cands = hpc_checkpoints(trainer.default_root_dir)[-1:]
+    cb = trainer.checkpoint_callback
+    if cb is not None and cb.dirpath and (Path(cb.dirpath) / "last.ckpt").is_file():
+        cands.append(Path(cb.dirpath) / "last.ckpt")
+    if not cands:
+        log.warning("Requeued SLURM job without a checkpoint in %s: starting from scratch",
+                    trainer.default_root_dir)
+        return None
+    newest = max(cands, key=lambda p: p.stat().st_mtime)
+    log.info("Requeued SLURM job (restart %s): resuming from %s",
+             os.environ["SLURM_RESTART_COUNT"], newest)
+    return str(newest)
+
+
 def build(cfg: DictConfig) -> dict:
     """Instantiate datamodule, network, LightningModule, callbacks, loggers and trainer."""
     if cfg.get("seed") is not None:
@@ -111,6 +137,8 @@ def build(cfg: DictConfig) -> dict:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if cfg.trainer.get("enable_progress_bar") is False:  # the Trainer refuses both
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if SLURMEnvironment.detect() and not any(isinstance(c, SlurmRequeue) for c in callbacks):
+        callbacks.append(SlurmRequeue())  # checkpoint + requeue on SLURM's time-limit signal
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(module.run_config)
@@ -121,13 +149,14 @@ def build(cfg: DictConfig) -> dict:
 def train(cfg: DictConfig) -> dict:
     """Train as configured; returns the final metrics (floats) and ``best_model_path``.
 
-    Resumes when ``cfg.ckpt_path`` is set (see :func:`resolve_ckpt_path`).
+    Resumes when ``cfg.ckpt_path`` is set (see :func:`resolve_ckpt_path`) or when SLURM
+    restarted the job (see :func:`slurm_resume_path`).
     """
     objs = build(cfg)
     trainer, module = objs["trainer"], objs["module"]
     log.info("Network %s with %d parameters; output dir %s", type(objs["net"]).__name__,
              sum(p.numel() for p in objs["net"].parameters()), trainer.default_root_dir)
-    ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), trainer)
+    ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), trainer) or slurm_resume_path(trainer)
     trainer.fit(module, datamodule=objs["datamodule"], ckpt_path=ckpt)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     cb = trainer.checkpoint_callback
