@@ -156,9 +156,9 @@ def test_experiment_options(compose, name):
     for split in ("train_dataset", "val_dataset"):
         node = cfg.data[split]
         if node._target_.endswith("DiskQSMDataset"):  # stored data: write a tiny set first
-            from dlqsm.models import WithInitialEstimate
             from dlqsm.simulation.datasets import HeadCaseDataset
             from dlqsm.simulation.disk import write_dataset
+            from dlqsm.simulation.wrappers import WithInitialEstimate
 
             ds = WithInitialEstimate(HeadCaseDataset(1, shape=(24, 28, 24)), method="tkd")
             write_dataset(ds, node.root, compress=False, progress=False)

@@ -9,11 +9,12 @@
 Trained networks are loaded without Lightning by :func:`dlqsm.models.load_model`.
 """
 
-from dlqsm.lit.datamodule import MixtureDataset, QSMDataModule
+from dlqsm.lit.datamodule import QSMDataModule
 from dlqsm.lit.losses import CompositeLoss
 from dlqsm.lit.module import QSMLitModule
 from dlqsm.lit.train import train
 from dlqsm.models.loading import export_model, load_model
+from dlqsm.simulation.wrappers import MixtureDataset
 
 __all__ = ["QSMLitModule", "QSMDataModule", "MixtureDataset", "CompositeLoss", "train",
            "load_model", "export_model"]

@@ -13,6 +13,8 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from dlqsm.simulation.wrappers import MixtureDataset  # noqa: F401  (its former home)
+
 
 def simulated_dataset(simulation, length: int, seed: int, **overrides):
     """A :class:`dlqsm.simulation.datasets.SimulatedQSMDataset` from a ``configs/simulation``
@@ -31,39 +33,6 @@ def simulated_dataset(simulation, length: int, seed: int, **overrides):
     from hydra.utils import instantiate
 
     return instantiate(simulation, length=int(length), seed=int(seed), **overrides)
-
-
-class MixtureDataset(Dataset):
-    """Deterministic weighted mixture of datasets: item i comes from dataset j with prob w_j.
-
-    Args:
-        datasets: list of map-style datasets with the same sample contract.
-        weights: relative sampling weights (default: equal).
-        length: number of items (default: the sum of the dataset lengths).
-        seed: the choice of (dataset, index) for item i depends only on (seed, i).
-    """
-
-    def __init__(self, datasets, weights=None, length: int | None = None, seed: int = 0):
-        self.datasets = list(datasets)
-        if not self.datasets:
-            raise ValueError("MixtureDataset needs at least one dataset")
-        w = np.ones(len(self.datasets)) if weights is None else np.asarray(weights, float)
-        if w.shape != (len(self.datasets),) or np.any(w < 0) or w.sum() <= 0:
-            raise ValueError(f"need one non-negative weight per dataset, got {weights!r}")
-        self.cum = np.cumsum(w / w.sum())
-        self.length = int(length) if length is not None else sum(len(d) for d in self.datasets)
-        self.seed = int(seed)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int):
-        if not 0 <= i < self.length:
-            raise IndexError(i)
-        rng = np.random.default_rng([self.seed, int(i)])
-        j = min(int(np.searchsorted(self.cum, rng.random(), side="right")), len(self.cum) - 1)
-        ds = self.datasets[j]
-        return ds[int(rng.integers(len(ds)))]
 
 
 class CachedDataset(Dataset):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dlqsm.models.physics import batch_dipole
+from dlqsm.models.batched_dipole import batch_dipole
 from dlqsm.physics.operators import Gradient
 
 

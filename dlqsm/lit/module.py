@@ -20,7 +20,7 @@ from torch import nn
 from dlqsm.lit.metadata import GeometryTracker, build_metadata, git_revision
 from dlqsm.metrics.wrappers import qsm_metric_collection
 from dlqsm.models.loading import CHECKPOINT_KEY
-from dlqsm.models.residual import INIT_KEY
+from dlqsm.pipeline.batched import INIT_KEY
 
 BATCH_KEYS = ("field", "mask", "b0_dir", "voxel_size")
 # on_before_batch_transfer below is meant to run (it records the training geometry on the CPU)

@@ -5,9 +5,9 @@ fields and susceptibility in ppm (see :mod:`dlqsm.models.base`).
 """
 
 from dlqsm.models.base import QSMModel
+from dlqsm.models.batched_dipole import BatchDipole, batch_dipole, tkd
 from dlqsm.models.loading import build_from_config, export_model, load_model
-from dlqsm.models.physics import BatchDipole, batch_dipole, tkd
-from dlqsm.models.residual import InversionResidualNet, WithInitialEstimate, classical_estimate
+from dlqsm.models.residual import InversionResidualNet, classical_estimate
 from dlqsm.models.unrolled import ConvPrior, UnrolledQSM
 from dlqsm.models.wrappers import NormalizedNet, TKDResidualNet
 
@@ -16,7 +16,6 @@ __all__ = [
     "NormalizedNet",
     "TKDResidualNet",
     "InversionResidualNet",
-    "WithInitialEstimate",
     "classical_estimate",
     "UnrolledQSM",
     "ConvPrior",
@@ -27,3 +26,12 @@ __all__ = [
     "load_model",
     "export_model",
 ]
+
+
+def __getattr__(name: str):
+    """Deprecated: ``WithInitialEstimate`` is a dataset (:mod:`dlqsm.simulation.wrappers`)."""
+    if name == "WithInitialEstimate":
+        from dlqsm.models import residual
+
+        return residual.__getattr__(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

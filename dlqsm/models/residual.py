@@ -12,9 +12,9 @@ training only ever moves away from it where that lowers the loss.
 
 The classical step runs on the *whole* volume (its result depends on the whole field), without
 gradients; the backbone is fully convolutional, so it is trained on random patches of whole-head
-``chi0`` maps computed once (:class:`WithInitialEstimate`, written to disk by
-``dlqsm simulate simulation=head_cases``) and applied to whole volumes or sliding windows of the
-same ``chi0`` (:class:`dlqsm.inference.Predictor` computes it once through
+``chi0`` maps computed once (:class:`dlqsm.simulation.wrappers.WithInitialEstimate`, written to
+disk by ``dlqsm simulate simulation=head_cases``) and applied to whole volumes or sliding
+windows of the same ``chi0`` (:class:`dlqsm.inference.Predictor` computes it once through
 :meth:`InversionResidualNet.initial_estimate`).
 
 The classical step uses each sample's B0 direction and voxel size, so the model accepts any
@@ -26,40 +26,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from dlqsm.models.base import QSMModel, apply_mask, crop_to, pad_to_multiple, scalar
-from dlqsm.models.physics import DEFAULT_B0, DEFAULT_VOXEL, per_sample
+from dlqsm.pipeline.batched import INIT_KEY, classical_estimate
 
-INIT_KEY = "chi_init"
-"""Batch/sample key of a precomputed classical estimate (ppm, (1, X, Y, Z))."""
-
-
-def classical_estimate(field: torch.Tensor, mask: torch.Tensor | None = None, b0_dir=None,
-                       voxel_size=None, *, method: str = "tv",
-                       params: dict | None = None) -> torch.Tensor:
-    """Classical inversion of each sample of a batch ``(B, 1, X, Y, Z)`` (ppm in, ppm out).
-
-    Calls :func:`dlqsm.pipeline.inversion.invert` per sample (with ``reference="mean"``) on
-    the field's device, without gradients. ``mask`` None means the whole grid; ``b0_dir`` and
-    ``voxel_size`` are (3,) or (B, 3) (None: z and 1 mm).
-    """
-    from dlqsm.pipeline.inversion import invert
-
-    params = dict(params or {})
-    batch = field.shape[0]
-    b0 = per_sample(b0_dir, batch, DEFAULT_B0, None).tolist()
-    vox = per_sample(voxel_size, batch, DEFAULT_VOXEL, None).tolist()
-    out = torch.zeros_like(field, dtype=torch.float32)
-    with torch.no_grad():
-        for i in range(batch):
-            f = field[i, 0].float()
-            m = torch.ones_like(f, dtype=torch.bool) if mask is None else mask[i, 0] > 0
-            if not m.any():
-                continue
-            res = invert(f, m, method=method, voxel_size=vox[i], b0_dir=b0[i], **params)
-            out[i, 0] = res.chi.to(out.dtype)
-    return out
+__all__ = ["INIT_KEY", "InversionResidualNet", "classical_estimate"]
 
 
 class InversionResidualNet(QSMModel):
@@ -130,49 +101,15 @@ class InversionResidualNet(QSMModel):
                 "pad_multiple": self.pad_multiple, "uses_geometry": False}
 
 
-class WithInitialEstimate(Dataset):
-    """Adds ``chi_init`` (a classical inversion of the whole sample) to a simulated dataset.
+def __getattr__(name: str):
+    """Deprecated: ``WithInitialEstimate`` moved to :mod:`dlqsm.simulation.wrappers`."""
+    if name == "WithInitialEstimate":
+        import warnings
 
-    Wraps a dataset with ``sample_with_meta``, ``seed`` and ``config`` (e.g.
-    :class:`dlqsm.simulation.datasets.HeadCaseDataset`), so that ``dlqsm simulate`` writes the
-    estimate next to each sample and :class:`InversionResidualNet` trains on patches of it.
+        from dlqsm.simulation.wrappers import WithInitialEstimate
 
-    Args:
-        dataset: the dataset, or a callable ``(length=, seed=) -> dataset`` (a Hydra partial).
-        method, params: the classical inversion (must match the model's).
-        length, seed, **settings: passed to a callable ``dataset`` (e.g. ``shape``).
-    """
-
-    def __init__(self, dataset, method: str = "tv", params: dict | None = None,
-                 length: int | None = None, seed: int | None = None, **settings):
-        if callable(dataset) and not isinstance(dataset, Dataset):
-            kwargs = {k: v for k, v in (("length", length), ("seed", seed)) if v is not None}
-            dataset = dataset(**kwargs, **settings)
-        elif settings:
-            raise TypeError(f"settings {sorted(settings)} need a dataset factory, not a dataset")
-        self.dataset = dataset
-        self.method = str(method)
-        self.params = dict(params or {})
-        self.seed = dataset.seed
-        self.config = self
-
-    def as_dict(self) -> dict:
-        """Settings for ``dataset.json``: the wrapped dataset's and the inversion."""
-        return dict(self.dataset.config.as_dict(),
-                    initial_estimate={"method": self.method, "params": self.params})
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def sample_with_meta(self, index: int):
-        sample, meta = self.dataset.sample_with_meta(index)
-        b = {k: v[None] for k, v in sample.items() if k in ("field", "mask", "b0_dir",
-                                                             "voxel_size")}
-        sample[INIT_KEY] = classical_estimate(b["field"], b["mask"], b["b0_dir"],
-                                              b["voxel_size"], method=self.method,
-                                              params=self.params)[0]
-        meta = dict(meta, initial_estimate={"method": self.method, "params": self.params})
-        return sample, meta
-
-    def __getitem__(self, index: int):
-        return self.sample_with_meta(int(index))[0]
+        warnings.warn("dlqsm.models.residual.WithInitialEstimate moved to "
+                      "dlqsm.simulation.wrappers.WithInitialEstimate.", DeprecationWarning,
+                      stacklevel=2)
+        return WithInitialEstimate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dlqsm.models.base import QSMModel, apply_mask, scalar
-from dlqsm.models.physics import batch_dipole, tkd
+from dlqsm.models.batched_dipole import batch_dipole, tkd
 
 
 class ConvPrior(nn.Module):

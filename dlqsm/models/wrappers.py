@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from dlqsm.models.base import QSMModel, apply_mask, crop_to, pad_to_multiple, scalar
-from dlqsm.models.physics import batch_dipole, tkd
+from dlqsm.models.batched_dipole import batch_dipole, tkd
 
 
 class NormalizedNet(QSMModel):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from dlqsm.lit.datamodule import MixtureDataset, QSMDataModule, collate
+from dlqsm.lit.datamodule import QSMDataModule, collate
+from dlqsm.simulation.wrappers import MixtureDataset
 from tests.lit.helpers import TinyQSMDataset
 
 

@@ -5,7 +5,7 @@ import torch
 
 from dlqsm.lit.datamodule import collate
 from dlqsm.lit.losses import CompositeLoss, GradientDifference, MaskedL1, MaskedL2, PhysicsLoss
-from dlqsm.models.physics import batch_dipole
+from dlqsm.models.batched_dipole import batch_dipole
 from tests.lit.helpers import TinyQSMDataset
 
 

@@ -135,9 +135,10 @@ def test_ddp_two_cpu_processes(tmp_path):
 def test_default_model_experiment_trains_on_head_patches(compose_cfg, tmp_path):
     """experiment=default_model at reduced size: patches of stored heads with their TV estimate;
     the module hands the stored estimate to the network (no inversion per training step)."""
-    from dlqsm.models import InversionResidualNet, WithInitialEstimate
+    from dlqsm.models import InversionResidualNet
     from dlqsm.simulation.datasets import HeadCaseDataset
     from dlqsm.simulation.disk import write_dataset
+    from dlqsm.simulation.wrappers import WithInitialEstimate
 
     for split, seed, n in (("train", 0, 2), ("val", 1, 1)):
         ds = WithInitialEstimate(HeadCaseDataset(n, seed=seed, shape=(32, 40, 32)),

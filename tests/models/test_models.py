@@ -6,7 +6,7 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from dlqsm.models import NormalizedNet, TKDResidualNet, UnrolledQSM, build_from_config
-from dlqsm.models.physics import batch_dipole, tkd
+from dlqsm.models.batched_dipole import batch_dipole, tkd
 
 SHAPE = (14, 16, 18)
 

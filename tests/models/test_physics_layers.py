@@ -2,7 +2,7 @@
 
 import torch
 
-from dlqsm.models.physics import batch_dipole, tkd, tkd_filter
+from dlqsm.models.batched_dipole import batch_dipole, tkd, tkd_filter
 from dlqsm.physics.dipole import DipoleOperator
 from dlqsm.physics.fft import irfft3, rfft3
 

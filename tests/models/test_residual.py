@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from dlqsm.inference import Predictor
-from dlqsm.models import InversionResidualNet, WithInitialEstimate, classical_estimate
-from dlqsm.models.physics import batch_dipole
+from dlqsm.models import InversionResidualNet, classical_estimate
+from dlqsm.models.batched_dipole import batch_dipole
 from dlqsm.pipeline.inversion import invert
+from dlqsm.simulation.wrappers import WithInitialEstimate
 
 SHAPE = (20, 24, 22)
 
