@@ -111,6 +111,7 @@ def run(args) -> int:
                           overlap=args.overlap, amp=args.amp, progress=not args.quiet)
     with out.lock():
         scan = load_scan(args.input, **scan_arguments(args))
+        scan.check_maskable()
         names = outputs_for(scan.kind)
         out.check(names)
         fmap = local_field_from_scan(scan, **methods, mask_erosion_mm=args.mask_erosion,

@@ -206,6 +206,7 @@ def run(args) -> int:
     args.device = str(resolve_device(args.device))
     with out.lock():
         scan = load_scan(args.input, **scan_arguments(args))
+        scan.check_maskable()
         names = outputs_for(scan.kind)
         out.check(names)
         for note in scan.notices:

@@ -57,6 +57,8 @@ class MegreRun:
         echo_times: EchoTime per echo as written in the sidecars (s), None where missing.
         field_strength: MagneticFieldStrength (T) or None when missing.
         sidecars: the most specific sidecar path per echo (None where none exists).
+        b0_dir: ``B0_dir`` (a unit vector in voxel coordinates, as qsm-forward writes it) and
+            the sidecar it came from, or None; the scan loader weighs it against the affine.
     """
 
     key: str
@@ -66,6 +68,7 @@ class MegreRun:
     echo_times: list[float | None] = field(default_factory=list)
     field_strength: float | None = None
     sidecars: list[Path | None] = field(default_factory=list)
+    b0_dir: tuple[list, Path] | None = None
 
     @property
     def entities(self) -> dict[str, str]:
@@ -203,6 +206,8 @@ def _make_run(root: Path, key: str, g: dict) -> MegreRun:
         run.echo_times.append(meta.get("EchoTime"))
         if meta.get("MagneticFieldStrength") is not None:
             b0_values.append((meta["MagneticFieldStrength"], sidecar))
+        if meta.get("B0_dir") is not None and run.b0_dir is None:
+            run.b0_dir = (_b0_dir(meta["B0_dir"], sidecar), sidecar)
     if b0_values:
         first, where = b0_values[0]
         for value, path in b0_values[1:]:
@@ -211,6 +216,14 @@ def _make_run(root: Path, key: str, g: dict) -> MegreRun:
                                  f"{where}.", path=path, fix="give sidecars of one acquisition.")
         run.field_strength = first
     return run
+
+
+def _b0_dir(value, path) -> list[float]:
+    if (not isinstance(value, list) or len(value) != 3
+            or not all(isinstance(x, (int, float)) for x in value)):
+        raise InputError(f"B0_dir must be a list of 3 numbers, got {value!r}.", path=path,
+                         fix="write e.g. \"B0_dir\": [0, 0, 1] or remove it.")
+    return [float(x) for x in value]
 
 
 def _check_agree(a: dict, b: dict, key: str, pa, pb) -> None:
@@ -320,5 +333,7 @@ def read_into(root, parts, *, subject=None, select=None) -> None:
     else:
         parts.b0 = run.field_strength
         parts.where["b0"] = next((s for s in run.sidecars if s is not None), root)
+    if run.b0_dir is not None:
+        parts.b0_dir, parts.where["b0_dir"] = run.b0_dir
     parts.notices.append(f"BIDS run {run.key}: {len(run.echoes)} echoes"
                          f"{'' if run.magnitude else ' (no magnitude)'}.")

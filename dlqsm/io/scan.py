@@ -95,6 +95,8 @@ class Scan:
         local_field / total_field: (X, Y, Z) fields in ppm for field inputs.
         sources: input file paths by role (for records).
         notices: what was assumed or converted on loading, for the user and the record.
+        missing: InputErrors for optional parts the input folder lacks (raised by
+            :meth:`check_maskable` when they turn out to be needed).
         geometry: how the B0 direction was decided: ``b0_dir_source``, ``b0_dir_affine`` and
             ``b0_dir_sidecar`` (with its file), their angle ``b0_disagreement_deg``, the
             affine's ``affine_shear_deg`` and, for a singular input affine, ``input_affine``.
@@ -113,6 +115,7 @@ class Scan:
     sources: dict = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
     geometry: dict = field(default_factory=dict)
+    missing: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         if self.voxel_size is not None:
@@ -147,6 +150,17 @@ class Scan:
         if self.total_field is not None:
             return "total_field"
         return "local_field"
+
+    def check_maskable(self) -> None:
+        """Raise unless a brain mask is given or can be computed (raw phase needs magnitude
+        images or a mask); the error names the files the input's layout expects."""
+        if self.phase is None or self.magnitude is not None or self.mask is not None:
+            return
+        src = self.sources.get("phase")
+        raise self.missing.get("magnitude") or InputError(
+            "raw phase without magnitude images or a mask: one of them is needed to compute "
+            "the brain mask.", path=src[0] if isinstance(src, list) else src,
+            fix="pass --magnitude (BIDS: add the *_part-mag_MEGRE files) or --mask.")
 
     @property
     def has_coils(self) -> bool:
@@ -600,11 +614,6 @@ class _Parts:
             notices.append("both phase and a field were given: the field is used and the "
                            "phase ignored.")
             self.phase = None
-        if self.phase is not None and self.magnitude is None and self.mask is None:
-            raise self.missing.get("magnitude") or InputError(
-                "raw phase without magnitude images or a mask: one of them is needed to "
-                "compute the brain mask.", path=self.phase[0],
-                fix="pass --magnitude (BIDS: add the *_part-mag_MEGRE files) or --mask.")
         sources: dict = {}
         ref = None
         arrays: dict = {}
@@ -657,7 +666,8 @@ class _Parts:
                     b0_tesla=b0, affine=affine, b0_dir=b0_dir, voxel_size=vox,
                     mask=arrays.get("mask"), local_field=arrays.get("local_field"),
                     total_field=arrays.get("total_field"), sources=sources, notices=notices,
-                    geometry=geometry)
+                    geometry=geometry, missing={k: v for k, v in self.missing.items()
+                                                if k == "magnitude"})
 
     def _geometry(self, ref: NiftiVolume, vox):
         """(b0_dir, affine for the outputs, geometry record) by the rule of the module notes."""

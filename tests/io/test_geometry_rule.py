@@ -121,3 +121,21 @@ def test_record_keeps_both_directions(tmp_path):
     assert g["b0_dir_voxel"] == [0.0, 0.0, 1.0] and g["b0_dir_source"] == "sidecar"
     assert g["b0_dir_sidecar"] == [0.0, 0.0, 1.0] and len(g["b0_dir_affine"]) == 3
     assert g["affine_shear_deg"] > 1 and g["b0_disagreement_deg"] > 1
+
+
+def test_bids_sidecar_b0_dir_is_read_and_weighed(tmp_path):
+    """qsm-forward's BIDS sidecars carry B0_dir: it is the sidecar direction of the rule."""
+    from .conftest import write_bids_run
+
+    root = tmp_path / "bids"
+    write_json(root / "dataset_description.json", {"Name": "t", "BIDSVersion": "1.9.0"})
+    _, _, sidecars = write_bids_run(root)
+    for sc in sidecars:
+        meta = json.loads(sc.read_text())
+        write_json(sc, {**meta, "B0_dir": [0.0, 0.2, 1.0]})
+    scan = load_scan(root)
+    np.testing.assert_allclose(scan.b0_dir, np.array([0, 0.2, 1]) / math.hypot(0.2, 1))
+    assert scan.geometry["b0_dir_source"] == "sidecar"
+    assert scan.geometry["b0_dir_source_file"] == str(sidecars[0])
+    assert any("disagrees by 11.3 deg" in n for n in scan.notices)
+    assert load_scan(root, b0_source="affine").geometry["b0_dir_source"] == "affine"
