@@ -30,6 +30,7 @@ SUITES = {
     "simulation": ["--shapes", "64", "96", "160", "--repeats", "5"],
     "training": ["--shapes", "64:8", "128:2", "--steps", "3", "--warmup", "1"],
     "inference": ["--shapes", "164x205x205", "--repeats", "3"],
+    "dataset": ["--shapes", "164x205x205", "--subjects", "10", "--jobs", "1", "2"],
 }
 QUICK = {
     "inversion": ["--shapes", "48x56x56", "--repeats", "1"],
@@ -39,6 +40,8 @@ QUICK = {
     "simulation": ["--shapes", "32", "--repeats", "1"],
     "training": ["--shapes", "32", "--steps", "2"],
     "inference": ["--shapes", "48x56x56", "--repeats", "1"],
+    "dataset": ["--shapes", "32x40x40", "--subjects", "2", "--jobs", "1", "2", "--flags",
+                "--method tkd --bfr vsharp --unwrap laplacian"],
 }
 
 
