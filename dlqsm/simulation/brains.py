@@ -858,3 +858,67 @@ class BrainDataset(SeededDataset):
         self._check_index(index)
         sample, meta = simulate_brain(self.config, make_generator(self.sample_seed(index)))
         return sample, dict(meta, index=int(index), seed=self.sample_seed(index))
+
+
+class SourceMixture(SeededDataset):
+    """A seeded mixture of datasets with the sample contract (e.g. brains, heads, shapes).
+
+    Item ``i`` draws its source from (``seed``, ``i``) with the given weights and returns item
+    ``i`` of that source's dataset, which is built with ``length`` and its own seed
+    ``derive_seed(seed, k)`` (k: the source's position in ``sources``). ``dlqsm simulate``
+    writes it like any other dataset (``meta.json`` records the source).
+
+    Args:
+        sources: {name: dataset or factory (length=, seed=) -> dataset}; each dataset has
+            ``sample_with_meta`` and ``config.as_dict()`` (e.g. :class:`BrainDataset`,
+            :class:`~dlqsm.simulation.datasets.HeadCaseDataset`,
+            :class:`~dlqsm.simulation.datasets.SimulatedQSMDataset`).
+        weights: {name: weight} (default: equal).
+        length, seed: items and mixture seed.
+    """
+
+    item_name = "samples"
+
+    def __init__(self, sources: dict, weights: dict | None = None, length: int = 16,
+                 seed: int = 0):
+        from dlqsm.simulation.rng import derive_seed
+
+        if not sources:
+            raise ValueError("a mixture needs at least one source")
+        self.length, self.seed = int(length), int(seed)
+        self.names = list(sources)
+        weights = {n: 1.0 for n in self.names} if weights is None else dict(weights)
+        unknown = sorted(set(weights) - set(self.names))
+        if unknown or any(float(weights.get(n, 0.0)) < 0 for n in self.names):
+            raise ValueError(f"weights must be non-negative and name sources {self.names}, "
+                             f"got {weights!r}")
+        w = torch.tensor([float(weights.get(n, 0.0)) for n in self.names])
+        if float(w.sum()) <= 0:
+            raise ValueError(f"mixture weights sum to zero: {weights!r}")
+        self.weights = w / w.sum()
+        self.datasets = {}
+        for k, name in enumerate(self.names):
+            src = sources[name]
+            if callable(src) and not hasattr(src, "sample_with_meta"):
+                src = src(length=self.length, seed=derive_seed(self.seed, k))
+            self.datasets[name] = src
+        self.config = self
+
+    def as_dict(self) -> dict:
+        """Settings for ``dataset.json``: each source's weight and settings."""
+        return {"mixture": {n: {"weight": float(w), "seed": int(self.datasets[n].seed),
+                                "settings": self.datasets[n].config.as_dict()}
+                            for n, w in zip(self.names, self.weights, strict=True)}}
+
+    def source_of(self, index: int) -> str:
+        """The source name of item ``index``."""
+        u = float(rand(make_generator(self.sample_seed(index)), 1)[0])
+        k = int(torch.searchsorted(torch.cumsum(self.weights, 0), torch.tensor(u), right=True))
+        return self.names[min(k, len(self.names) - 1)]
+
+    def sample_with_meta(self, index: int):
+        """Item ``index`` of the chosen source, its meta with ``mixture_source``."""
+        self._check_index(index)
+        name = self.source_of(index)
+        sample, meta = self.datasets[name].sample_with_meta(index % len(self.datasets[name]))
+        return sample, dict(meta, index=int(index), mixture_source=name)
