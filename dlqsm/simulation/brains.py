@@ -113,9 +113,11 @@ def template_dir() -> str:
     try:
         import nilearn
     except ImportError as exc:
-        raise InputError("brain-like simulation needs nilearn's MNI152 template maps, and "
-                         "nilearn is not installed.",
-                         fix='pip install "dlqsm[anatomy]" (or pip install nilearn).') from exc
+        raise InputError(
+            "brain-like simulation needs nilearn's MNI152 template maps, and "
+            "nilearn is not installed.",
+            fix='pip install "dlqsm[anatomy]" (or pip install nilearn).',
+        ) from exc
     return os.path.join(os.path.dirname(nilearn.__file__), "datasets", "data")
 
 
@@ -153,8 +155,11 @@ def _load_map(folder: str, name: str) -> tuple[np.ndarray, np.ndarray]:
 
     path = os.path.join(folder, TEMPLATE_NAME.format(name))
     if not os.path.exists(path):
-        raise InputError("nilearn's MNI152 2009a template map is missing.", path=path,
-                         fix='install nilearn 0.14 or newer: pip install "dlqsm[anatomy]".')
+        raise InputError(
+            "nilearn's MNI152 2009a template map is missing.",
+            path=path,
+            fix='install nilearn 0.14 or newer: pip install "dlqsm[anatomy]".',
+        )
     img = nib.load(path)
     return np.asarray(img.dataobj, dtype=np.float32) / 255.0, img.affine
 
@@ -179,16 +184,23 @@ def _nuclei(gm, wm, mask, labels, origin) -> tuple[np.ndarray, tuple]:
             ang = np.asarray(euler) * np.array([1.0, side, side])  # mirror x -> -x
             ax = np.asarray(axes) * NUCLEUS_SEARCH_SCALE
             lo = np.maximum(np.floor(c - ax.max() - np.asarray(origin)).astype(int), 0)
-            hi = np.minimum(np.ceil(c + ax.max() - np.asarray(origin)).astype(int) + 1,
-                            gm.shape)
+            hi = np.minimum(np.ceil(c + ax.max() - np.asarray(origin)).astype(int) + 1, gm.shape)
             box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-            idx = np.stack(np.meshgrid(*[np.arange(a, b, dtype=np.float32)
-                                         for a, b in zip(lo, hi, strict=True)],
-                                       indexing="ij"), -1)
+            idx = np.stack(
+                np.meshgrid(
+                    *[np.arange(a, b, dtype=np.float32) for a, b in zip(lo, hi, strict=True)],
+                    indexing="ij",
+                ),
+                -1,
+            )
             allowed = gm[box] >= 0.4 if name in GREY_NUCLEI else gm[box] + wm[box] >= 0.8
-            region = (_ellipsoid(idx + np.asarray(origin, dtype=np.float32), c, ax, ang)
-                      & allowed & (index[box] < 0) & (labels[box] != LABELS["ventricles"])
-                      & (mask[box] > 0))
+            region = (
+                _ellipsoid(idx + np.asarray(origin, dtype=np.float32), c, ax, ang)
+                & allowed
+                & (index[box] < 0)
+                & (labels[box] != LABELS["ventricles"])
+                & (mask[box] > 0)
+            )
             key = (name, int(side))
             if key not in names:
                 names.append(key)
@@ -212,17 +224,27 @@ def load_atlas() -> BrainAtlas:
     csf = np.clip(mask - gm - wm, 0.0, 1.0)
     depth = ndimage.distance_transform_edt(mask).astype(np.float32)
     origin = tuple(float(v) for v in aff[:3, 3])
-    labels = np.where(gm >= np.maximum(wm, csf), LABELS["gm"],
-                      np.where(wm >= csf, LABELS["wm"], LABELS["csf"])).astype(np.int64)
+    labels = np.where(
+        gm >= np.maximum(wm, csf), LABELS["gm"], np.where(wm >= csf, LABELS["wm"], LABELS["csf"])
+    ).astype(np.int64)
     labels[~mask] = LABELS["background"]
     labels[(csf > 0.5) & (depth > VENTRICLE_DEPTH_MM)] = LABELS["ventricles"]
     _, c, a, e = BRAINSTEM
     lo = [int(v) for v in np.asarray(c) + MNI_FROM_HEAD - max(a) - np.asarray(origin)]
     box = tuple(slice(max(v, 0), v + 2 * int(max(a)) + 1) for v in lo)
-    idx = np.stack(np.meshgrid(*[np.arange(s.start, min(s.stop, n), dtype=np.float32)
-                                 for s, n in zip(box, gm.shape, strict=True)], indexing="ij"), -1)
-    stem = (_ellipsoid(idx + np.asarray(origin, dtype=np.float32), np.add(c, MNI_FROM_HEAD),
-                       a, e) & (labels[box] == LABELS["wm"]))
+    idx = np.stack(
+        np.meshgrid(
+            *[
+                np.arange(s.start, min(s.stop, n), dtype=np.float32)
+                for s, n in zip(box, gm.shape, strict=True)
+            ],
+            indexing="ij",
+        ),
+        -1,
+    )
+    stem = _ellipsoid(
+        idx + np.asarray(origin, dtype=np.float32), np.add(c, MNI_FROM_HEAD), a, e
+    ) & (labels[box] == LABELS["wm"])
     labels[box][stem] = LABELS["brainstem"]
     index, names = _nuclei(gm, wm, mask, labels, origin)
     # Soft membership: the union blurred (partial volumes), each voxel taking the value of
@@ -230,17 +252,22 @@ def load_atlas() -> BrainAtlas:
     union = index >= 0
     box = tuple(slice(max(int(i.min()) - 4, 0), int(i.max()) + 5) for i in np.nonzero(union))
     soft = np.zeros_like(gm)
-    soft[box] = np.minimum(ndimage.gaussian_filter(union[box].astype(np.float32), 0.6),
-                           mask[box])
-    near = ndimage.distance_transform_edt(~union[box], return_distances=False,
-                                          return_indices=True)
+    soft[box] = np.minimum(ndimage.gaussian_filter(union[box].astype(np.float32), 0.6), mask[box])
+    near = ndimage.distance_transform_edt(~union[box], return_distances=False, return_indices=True)
     index[box] = np.where(soft[box] > 1e-3, index[box][tuple(near)], -1)
     t = torch.from_numpy
-    return BrainAtlas(gm=t(gm), wm=t(wm), csf=t(csf.astype(np.float32)),
-                      mask=t(mask.astype(np.float32)), depth=t(depth), labels=t(labels),
-                      nucleus_weight=t(soft.astype(np.float32)),
-                      nucleus_index=t(index.astype(np.int64)), nucleus_names=names,
-                      origin=origin)
+    return BrainAtlas(
+        gm=t(gm),
+        wm=t(wm),
+        csf=t(csf.astype(np.float32)),
+        mask=t(mask.astype(np.float32)),
+        depth=t(depth),
+        labels=t(labels),
+        nucleus_weight=t(soft.astype(np.float32)),
+        nucleus_index=t(index.astype(np.int64)),
+        nucleus_names=names,
+        origin=origin,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,8 +275,14 @@ def load_atlas() -> BrainAtlas:
 # --------------------------------------------------------------------------------------------
 
 
-def elastic_control(fov_mm: Sequence[float], generator, *, amplitude_mm: float = 3.0,
-                    spacing_mm: float = 20.0, max_gradient: float = 0.5) -> torch.Tensor:
+def elastic_control(
+    fov_mm: Sequence[float],
+    generator,
+    *,
+    amplitude_mm: float = 3.0,
+    spacing_mm: float = 20.0,
+    max_gradient: float = 0.5,
+) -> torch.Tensor:
     """Control points (3, a, b, c) of a smooth random displacement (mm) spanning ``fov_mm``.
 
     Gaussian displacements (std ``amplitude_mm`` per component) on a grid of about
@@ -275,8 +308,15 @@ def elastic_control(fov_mm: Sequence[float], generator, *, amplitude_mm: float =
     return ctrl
 
 
-def elastic_displacement(shape: Sequence[int], voxel_size, generator, *, amplitude_mm=3.0,
-                         spacing_mm=20.0, max_gradient: float = 0.5) -> torch.Tensor:
+def elastic_displacement(
+    shape: Sequence[int],
+    voxel_size,
+    generator,
+    *,
+    amplitude_mm=3.0,
+    spacing_mm=20.0,
+    max_gradient: float = 0.5,
+) -> torch.Tensor:
     """A smooth random displacement field (3, X, Y, Z) in mm that never folds the grid.
 
     The control points of :func:`elastic_control` over the field of view (``shape`` times
@@ -288,8 +328,9 @@ def elastic_displacement(shape: Sequence[int], voxel_size, generator, *, amplitu
         max_gradient: bound on ||grad u||_F (dimensionless, < 1).
     """
     fov = [int(n) * float(h) for n, h in zip(shape, voxel_size, strict=True)]
-    ctrl = elastic_control(fov, generator, amplitude_mm=amplitude_mm, spacing_mm=spacing_mm,
-                           max_gradient=max_gradient)
+    ctrl = elastic_control(
+        fov, generator, amplitude_mm=amplitude_mm, spacing_mm=spacing_mm, max_gradient=max_gradient
+    )
     return _interp_control(ctrl, _grid_points(shape, voxel_size), fov)
 
 
@@ -330,8 +371,7 @@ def _sample(volume: torch.Tensor, coords_mm: torch.Tensor, origin, mode: str) ->
     idx = coords_mm - torch.tensor(origin, dtype=coords_mm.dtype)
     scale = torch.tensor([2.0 / (n - 1) for n in shape], dtype=coords_mm.dtype)
     grid = (idx * scale - 1).flip(-1).reshape(1, -1, 1, 1, 3)
-    out = F.grid_sample(volume[None], grid, mode=mode, padding_mode="zeros",
-                        align_corners=True)
+    out = F.grid_sample(volume[None], grid, mode=mode, padding_mode="zeros", align_corners=True)
     return out[0].reshape(volume.shape[0], *coords_mm.shape[:-1])
 
 
@@ -340,8 +380,9 @@ def _sample(volume: torch.Tensor, coords_mm: torch.Tensor, origin, mode: str) ->
 # --------------------------------------------------------------------------------------------
 
 
-def echo_fit_noise_ppm(m0: torch.Tensor, r2star: torch.Tensor, te, b0_tesla: float,
-                       sigma: float) -> torch.Tensor:
+def echo_fit_noise_ppm(
+    m0: torch.Tensor, r2star: torch.Tensor, te, b0_tesla: float, sigma: float
+) -> torch.Tensor:
     """Std (ppm) of the field fitted to multi-echo phase with complex noise of std ``sigma``.
 
     The magnitude of echo n is ``m0 exp(-r2star TE_n)``; the phase noise of echo n has std
@@ -360,7 +401,7 @@ def echo_fit_noise_ppm(m0: torch.Tensor, r2star: torch.Tensor, te, b0_tesla: flo
     w = (m0[None] * torch.exp(-r2star[None] * t)).square()
     sw, swt, swt2 = w.sum(0), (w * t).sum(0), (w * t * t).sum(0)
     det = sw * swt2 - swt.square()
-    var = torch.where(det > 0, sigma ** 2 * sw / det.clamp_min(1e-30), torch.inf)
+    var = torch.where(det > 0, sigma**2 * sw / det.clamp_min(1e-30), torch.inf)
     hz = torch.sqrt(var) / (2 * math.pi)
     return hz / (GAMMA_HZ_PER_T * float(b0_tesla)) * 1e6
 
@@ -430,8 +471,9 @@ def _interp_control(ctrl: torch.Tensor, points_mm: torch.Tensor, fov) -> torch.T
     ``fov`` (mm, centred) at points (..., 3) mm. Returns (C, ...)."""
     half = torch.tensor([f / 2 for f in fov], dtype=points_mm.dtype)
     grid = (points_mm / half).flip(-1).reshape(1, -1, 1, 1, 3)
-    out = F.grid_sample(ctrl[None], grid, mode="bilinear", padding_mode="border",
-                        align_corners=True)
+    out = F.grid_sample(
+        ctrl[None], grid, mode="bilinear", padding_mode="border", align_corners=True
+    )
     return out[0].reshape(ctrl.shape[0], *points_mm.shape[:-1])
 
 
@@ -472,12 +514,12 @@ def _draw_geometry(cfg: BrainConfig, g, atlas: BrainAtlas) -> _Geometry:
     vox = random_voxel_sizes(g, 1, cfg.voxel_size, isotropic_prob=cfg.isotropic_prob)[0]
     shape = cfg.shape
     if cfg.fov_mm is not None:
-        shape = tuple(2 * max(8, round(f / float(h) / 2)) for f, h in zip(cfg.fov_mm, vox,
-                                                                           strict=True))
+        shape = tuple(
+            2 * max(8, round(f / float(h) / 2)) for f, h in zip(cfg.fov_mm, vox, strict=True)
+        )
     b0 = random_b0_dirs(g, 1, cfg.max_tilt_deg)[0]
     rot = small_rotation(g, cfg.rotation_deg)
-    scale = uniform_scalar(g, cfg.scale) * (
-        1 + cfg.anisotropic_scale * (2 * rand(g, 3).cpu() - 1))
+    scale = uniform_scalar(g, cfg.scale) * (1 + cfg.anisotropic_scale * (2 * rand(g, 3).cpu() - 1))
     if cfg.centre == "brain":
         centre = torch.tensor(BRAIN_CENTRE_MNI) + 5.0 * (2 * rand(g, 3).cpu() - 1)
     else:
@@ -485,10 +527,10 @@ def _draw_geometry(cfg: BrainConfig, g, atlas: BrainAtlas) -> _Geometry:
         k = int(float(rand(g, 1)[0]) * len(inside))
         centre = inside[min(k, len(inside) - 1)].float() + torch.tensor(atlas.origin)
     fov = [n * float(h) for n, h in zip(shape, vox, strict=True)]
-    ctrl = elastic_control(fov, g, amplitude_mm=uniform_scalar(g, cfg.elastic_mm),
-                           spacing_mm=cfg.elastic_spacing_mm)
-    return _Geometry(shape=shape, vox=vox, b0=b0, rot=rot, scale=scale, centre=centre,
-                     ctrl=ctrl)
+    ctrl = elastic_control(
+        fov, g, amplitude_mm=uniform_scalar(g, cfg.elastic_mm), spacing_mm=cfg.elastic_spacing_mm
+    )
+    return _Geometry(shape=shape, vox=vox, b0=b0, rot=rot, scale=scale, centre=centre, ctrl=ctrl)
 
 
 def _draw_values(cfg: BrainConfig, g) -> dict[str, float]:
@@ -507,16 +549,27 @@ def _template_chi(atlas: BrainAtlas, box, vals, cfg: BrainConfig, g) -> torch.Te
         tex.append(amp * smooth_noise(shape, (1.0, 1.0, 1.0), corr, g))
     v_wm = torch.where(lab == LABELS["brainstem"], vals["brainstem"], vals["wm"])
     chi = gm * (vals["gm"] + tex[0]) + wm * (v_wm + tex[1])
-    table = torch.tensor([vals[name] * (1 + cfg.side_difference * (2 * float(rand(g, 1)[0]) - 1))
-                          for name, _side in atlas.nucleus_names] + [0.0])
+    table = torch.tensor(
+        [
+            vals[name] * (1 + cfg.side_difference * (2 * float(rand(g, 1)[0]) - 1))
+            for name, _side in atlas.nucleus_names
+        ]
+        + [0.0]
+    )
     w = atlas.nucleus_weight[box]
     return chi * (1 - w) + w * (table[atlas.nucleus_index[box]] + 0.5 * tex[0])
 
 
 def _bounding_box(geom: _Geometry, atlas: BrainAtlas, margin: float = 3.0):
     """Template slices covering the sample's field of view (for cropping the composition)."""
-    corners = torch.tensor([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)],
-                           dtype=torch.float32) * torch.tensor(geom.fov) / 2
+    corners = (
+        torch.tensor(
+            [[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)],
+            dtype=torch.float32,
+        )
+        * torch.tensor(geom.fov)
+        / 2
+    )
     mni = (corners / geom.scale) @ geom.rot.T + geom.centre
     shift = float(geom.ctrl.abs().max()) + margin
     idx_lo = torch.floor(mni.min(0).values - shift - torch.tensor(atlas.origin)).long()
@@ -544,8 +597,15 @@ def _fine_coords(geom: _Geometry, f: int, xs: slice) -> torch.Tensor:
     return fine[:, f:-f, f:-f, f:-f].permute(1, 2, 3, 0)
 
 
-def _warp(geom: _Geometry, atlas: BrainAtlas, chi_t: torch.Tensor, box, origin, f: int,
-          slab_voxels: int = 4_000_000):
+def _warp(
+    geom: _Geometry,
+    atlas: BrainAtlas,
+    chi_t: torch.Tensor,
+    box,
+    origin,
+    f: int,
+    slab_voxels: int = 4_000_000,
+):
     """Sample the template: chi and mask fraction on the fine grid (fX, fY, fZ), depth (mm)
     and labels (int64) at the output voxel centres (X, Y, Z); in slabs along x (memory)."""
     fshape = tuple(n * f for n in geom.shape)
@@ -555,8 +615,9 @@ def _warp(geom: _Geometry, atlas: BrainAtlas, chi_t: torch.Tensor, box, origin, 
     step = max(1, slab_voxels // (fshape[1] * fshape[2] * f))
     for x0 in range(0, geom.shape[0], step):
         xs = slice(x0, min(x0 + step, geom.shape[0]))
-        out[:, xs.start * f:xs.stop * f] = _sample(lin, _fine_coords(geom, f, xs), origin,
-                                                   "bilinear")
+        out[:, xs.start * f : xs.stop * f] = _sample(
+            lin, _fine_coords(geom, f, xs), origin, "bilinear"
+        )
     mni = geom.to_mni(_grid_points(geom.shape, geom.vox.tolist()))
     depth = _sample(coarse[:1], mni, origin, "bilinear")[0]
     labels = _sample(coarse[1:], mni, origin, "nearest")[0].long()
@@ -574,8 +635,13 @@ def _lookup(vol: torch.Tensor, points_mm: torch.Tensor, vox) -> torch.Tensor:
 
 def _depth_gradient(depth, p, vox, h: float = 1.0) -> torch.Tensor:
     """Unit gradient of the depth map (pointing inward) at points (N, 3)."""
-    grad = torch.stack([(_lookup(depth, p + h * e, vox) - _lookup(depth, p - h * e, vox)) / 2
-                        for e in torch.eye(3)], -1)
+    grad = torch.stack(
+        [
+            (_lookup(depth, p + h * e, vox) - _lookup(depth, p - h * e, vox)) / 2
+            for e in torch.eye(3)
+        ],
+        -1,
+    )
     return grad / torch.linalg.vector_norm(grad, dim=-1, keepdim=True).clamp_min(1e-3)
 
 
@@ -625,9 +691,11 @@ def _vein_trees(g, depth, vox, cfg: BrainConfig, fov_volume_mm3: float):
                 length = uniform_scalar(g, (8.0, 25.0))
                 inward = _depth_gradient(depth, q[None], vox)[0]
                 bend = 0.15 * randn(g, 3).cpu()
-                add(torch.stack([q, q + 0.5 * length * inward,
-                                 q + length * (inward + bend)]),
-                    uniform_scalar(g, (0.25, 0.5)), value)
+                add(
+                    torch.stack([q, q + 0.5 * length * inward, q + length * (inward + bend)]),
+                    uniform_scalar(g, (0.25, 0.5)),
+                    value,
+                )
         add(torch.stack(pts), uniform_scalar(g, (0.4, 1.2)), value)
     if not parts:
         return None
@@ -647,10 +715,15 @@ def _lesions(g, depth, vox, cfg: BrainConfig):
         kinds += ["haemorrhage"] * int_scalar(g, (1, 3))
     if not kinds or bernoulli(g, 0.5):
         kinds += ["calcification"] * int_scalar(g, (1, 4))
-    size = torch.stack([torch.full((3,), 1.0) + 2.0 * rand(g, 1).cpu() if k == "calcification"
-                        else 2.0 + 8.0 * rand(g, 3).cpu() for k in kinds])
-    centres = torch.cat([_seed_points(g, depth, vox, float(s.max()) + 1.0, 1e9, 1)
-                         for s in size])
+    size = torch.stack(
+        [
+            torch.full((3,), 1.0) + 2.0 * rand(g, 1).cpu()
+            if k == "calcification"
+            else 2.0 + 8.0 * rand(g, 3).cpu()
+            for k in kinds
+        ]
+    )
+    centres = torch.cat([_seed_points(g, depth, vox, float(s.max()) + 1.0, 1e9, 1) for s in size])
     if len(centres) < len(kinds):
         return None, None
     vals = torch.tensor([uniform_scalar(g, CHI_RANGES[k]) for k in kinds])
@@ -670,7 +743,7 @@ def _paint(chi, labels, inside, prims, plabels, fvox, f: int):
     ids = torch.where(inside, ids[0], -1)
     hit = ids >= 0
     chi[hit] = prims.value[ids[hit]]
-    ids_c = ids[f // 2::f, f // 2::f, f // 2::f]
+    ids_c = ids[f // 2 :: f, f // 2 :: f, f // 2 :: f]
     labels[ids_c >= 0] = plabels[ids_c[ids_c >= 0]].to(labels.dtype)
 
 
@@ -693,8 +766,9 @@ def _head_around(chi, labels, mask, geom: _Geometry, g):
     from dlqsm.simulation.shapes import rasterize
 
     vox = geom.vox.tolist()
-    dist = torch.from_numpy(ndimage.distance_transform_edt(~mask.numpy(), sampling=vox)
-                            .astype(np.float32))
+    dist = torch.from_numpy(
+        ndimage.distance_transform_edt(~mask.numpy(), sampling=vox).astype(np.float32)
+    )
     csf = uniform_scalar(g, (1.0, 3.0))
     skull = csf + uniform_scalar(g, (4.0, 8.0))
     scalp = skull + uniform_scalar(g, (4.0, 8.0))
@@ -705,15 +779,18 @@ def _head_around(chi, labels, mask, geom: _Geometry, g):
     lab[dist > scalp] = LABELS["background"]
     centres, axes = [], []
     for c, a in AIR_SPACES:
-        for side in ((1.0, -1.0) if c[0] != 0 else (1.0,)):
+        for side in (1.0, -1.0) if c[0] != 0 else (1.0,):
             centres.append([side * c[0], c[1], c[2]])
             axes.append(a)
     mni = torch.tensor(centres) + torch.tensor(MNI_FROM_HEAD)
     from dlqsm.simulation.shapes import make_primitives
 
-    prims = make_primitives("ellipsoid", geom.from_mni_affine(mni),
-                            torch.tensor(axes) * geom.scale.mean(), geom.rot.T.expand(len(mni),
-                                                                                      3, 3))
+    prims = make_primitives(
+        "ellipsoid",
+        geom.from_mni_affine(mni),
+        torch.tensor(axes) * geom.scale.mean(),
+        geom.rot.T.expand(len(mni), 3, 3),
+    )
     _, ids = rasterize(prims, 1, mask.shape, vox, mode="replace", return_ids=True)
     lab[(ids[0] >= 0) & (dist > csf + 1.0)] = LABELS["air"]
     vals = torch.zeros(max(LABELS.values()) + 1)
@@ -752,8 +829,7 @@ def simulate_brain(config: BrainConfig, generator: torch.Generator) -> tuple[dic
     inside = mask_f > 0.5
     veins = _vein_trees(g, depth, vox, cfg, float(np.prod(geom.fov)))
     if veins is not None:
-        _paint(chi_f, labels, inside, veins, torch.full((len(veins),), LABELS["veins"]), fvox,
-               f)
+        _paint(chi_f, labels, inside, veins, torch.full((len(veins),), LABELS["veins"]), fvox, f)
     prims, plabels = _lesions(g, depth, vox, cfg)
     _paint(chi_f, labels, inside, prims, plabels, fvox, f)
     scale = uniform_scalar(g, cfg.chi_scale)
@@ -766,11 +842,20 @@ def simulate_brain(config: BrainConfig, generator: torch.Generator) -> tuple[dic
     te = echo_times(g, cfg.n_echoes, first_te=cfg.first_te, delta_te=cfg.delta_te)
     b0t = _choice(g, cfg.b0_tesla)
     snr = None if cfg.snr is None else uniform_scalar(g, cfg.snr)
-    meta = {"source": "brain", "voxel_size": vox.tolist(), "b0_dir": b0.tolist(),
-            "shape": list(geom.shape), "centre_mni": geom.centre.tolist(),
-            "scale": geom.scale.tolist(), "chi_scale": scale, "te": te.tolist(),
-            "b0_tesla": b0t, "snr": snr, "lesions": prims is not None,
-            "values": {k: vals[k] for k in ("gm", "wm", *DGM_LABELS)}}
+    meta = {
+        "source": "brain",
+        "voxel_size": vox.tolist(),
+        "b0_dir": b0.tolist(),
+        "shape": list(geom.shape),
+        "centre_mni": geom.centre.tolist(),
+        "scale": geom.scale.tolist(),
+        "chi_scale": scale,
+        "te": te.tolist(),
+        "b0_tesla": b0t,
+        "snr": snr,
+        "lesions": prims is not None,
+        "values": {k: vals[k] for k in ("gm", "wm", *DGM_LABELS)},
+    }
     if not bool(mask.any()):
         mask = torch.ones_like(mask)  # no brain in the field of view: a whole-volume sample
     noise = torch.zeros(geom.shape)
@@ -790,17 +875,30 @@ def simulate_brain(config: BrainConfig, generator: torch.Generator) -> tuple[dic
         total = forward_field(chi_all - AIR_PPM, vox, b0, padding=pad) + noise
         if cfg.shim_ppm > 0:
             total = total + shim_field(geom.shape, vox.tolist(), cfg.shim_ppm, g)
-        res = remove_background(total, mask, method=cfg.background, voxel_size=vox.tolist(),
-                                b0_dir=b0.tolist(), **cfg.background_params)
-        meta["background"] = {"method": cfg.background,
-                              "eroded_voxels": int(mask.sum() - res.mask.sum())}
+        res = remove_background(
+            total,
+            mask,
+            method=cfg.background,
+            voxel_size=vox.tolist(),
+            b0_dir=b0.tolist(),
+            **cfg.background_params,
+        )
+        meta["background"] = {
+            "method": cfg.background,
+            "eroded_voxels": int(mask.sum() - res.mask.sum()),
+        }
         mask = res.mask
         chi = reference_chi(chi_c, mask)
         field = res.local_field * mask
         labels = labels * mask
-    sample = {"chi": chi.float()[None], "field": field.float()[None],
-              "mask": mask.float()[None], "b0_dir": b0.float(),
-              "voxel_size": vox.float(), "labels": labels.long()[None]}
+    sample = {
+        "chi": chi.float()[None],
+        "field": field.float()[None],
+        "mask": mask.float()[None],
+        "b0_dir": b0.float(),
+        "voxel_size": vox.float(),
+        "labels": labels.long()[None],
+    }
     meta["seconds"] = time.perf_counter() - t0
     return sample, meta
 
@@ -879,8 +977,7 @@ class SourceMixture(SeededDataset):
 
     item_name = "samples"
 
-    def __init__(self, sources: dict, weights: dict | None = None, length: int = 16,
-                 seed: int = 0):
+    def __init__(self, sources: dict, weights: dict | None = None, length: int = 16, seed: int = 0):
         from dlqsm.simulation.rng import derive_seed
 
         if not sources:
@@ -890,8 +987,9 @@ class SourceMixture(SeededDataset):
         weights = {n: 1.0 for n in self.names} if weights is None else dict(weights)
         unknown = sorted(set(weights) - set(self.names))
         if unknown or any(float(weights.get(n, 0.0)) < 0 for n in self.names):
-            raise ValueError(f"weights must be non-negative and name sources {self.names}, "
-                             f"got {weights!r}")
+            raise ValueError(
+                f"weights must be non-negative and name sources {self.names}, got {weights!r}"
+            )
         w = torch.tensor([float(weights.get(n, 0.0)) for n in self.names])
         if float(w.sum()) <= 0:
             raise ValueError(f"mixture weights sum to zero: {weights!r}")
@@ -906,9 +1004,16 @@ class SourceMixture(SeededDataset):
 
     def as_dict(self) -> dict:
         """Settings for ``dataset.json``: each source's weight and settings."""
-        return {"mixture": {n: {"weight": float(w), "seed": int(self.datasets[n].seed),
-                                "settings": self.datasets[n].config.as_dict()}
-                            for n, w in zip(self.names, self.weights, strict=True)}}
+        return {
+            "mixture": {
+                n: {
+                    "weight": float(w),
+                    "seed": int(self.datasets[n].seed),
+                    "settings": self.datasets[n].config.as_dict(),
+                }
+                for n, w in zip(self.names, self.weights, strict=True)
+            }
+        }
 
     def source_of(self, index: int) -> str:
         """The source name of item ``index``."""

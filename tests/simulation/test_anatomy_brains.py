@@ -14,9 +14,21 @@ from dlqsm.simulation import brains  # noqa: E402
 from dlqsm.simulation.anatomy import DGM_LABELS, LABELS  # noqa: E402
 from dlqsm.simulation.rng import make_generator  # noqa: E402
 
-QUIET = dict(texture_ppm=0.0, n_veins=0, lesion_prob=0.0, snr=None, elastic_mm=0.0,
-             rotation_deg=0.0, scale=1.0, anisotropic_scale=0.0, chi_scale=1.0,
-             side_difference=0.0, max_tilt_deg=0.0, voxel_size=1.0, fine_factor=1)
+QUIET = dict(
+    texture_ppm=0.0,
+    n_veins=0,
+    lesion_prob=0.0,
+    snr=None,
+    elastic_mm=0.0,
+    rotation_deg=0.0,
+    scale=1.0,
+    anisotropic_scale=0.0,
+    chi_scale=1.0,
+    side_difference=0.0,
+    max_tilt_deg=0.0,
+    voxel_size=1.0,
+    fine_factor=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,15 +38,22 @@ def atlas():
 
 def _identity_geometry(shape, centre_mni):
     """Grid voxel centres on template voxel centres (odd shape, integer MNI centre)."""
-    return brains._Geometry(shape=shape, vox=torch.ones(3), b0=torch.tensor([0.0, 0.0, 1.0]),
-                            rot=torch.eye(3), scale=torch.ones(3),
-                            centre=torch.tensor(centre_mni, dtype=torch.float32),
-                            ctrl=torch.zeros(3, 2, 2, 2))
+    return brains._Geometry(
+        shape=shape,
+        vox=torch.ones(3),
+        b0=torch.tensor([0.0, 0.0, 1.0]),
+        rot=torch.eye(3),
+        scale=torch.ones(3),
+        centre=torch.tensor(centre_mni, dtype=torch.float32),
+        ctrl=torch.zeros(3, 2, 2, 2),
+    )
 
 
 def _template_box(atlas, shape, centre_mni):
-    lo = [int(c - o) - (n - 1) // 2 for c, o, n in zip(centre_mni, atlas.origin, shape)]
-    return tuple(slice(a, a + n) for a, n in zip(lo, shape))
+    lo = [
+        int(c - o) - (n - 1) // 2 for c, o, n in zip(centre_mni, atlas.origin, shape, strict=True)
+    ]
+    return tuple(slice(a, a + n) for a, n in zip(lo, shape, strict=True))
 
 
 def test_tissue_values_land_where_the_maps_say(atlas):
@@ -95,8 +114,9 @@ def test_nuclei_inside_the_brain_at_their_side_and_depth(atlas):
 
 def test_elastic_deformation_is_smooth_seeded_and_does_not_fold():
     shape, vox = (40, 44, 36), (1.5, 1.5, 1.5)
-    u = brains.elastic_displacement(shape, vox, make_generator(5), amplitude_mm=20.0,
-                                    spacing_mm=15.0, max_gradient=0.6)
+    u = brains.elastic_displacement(
+        shape, vox, make_generator(5), amplitude_mm=20.0, spacing_mm=15.0, max_gradient=0.6
+    )
     assert u.shape == (3, *shape)
     assert float(u.abs().max()) > 1.0  # a real deformation
     det = brains.jacobian_determinant(u, vox)
@@ -104,11 +124,13 @@ def test_elastic_deformation_is_smooth_seeded_and_does_not_fold():
     assert float(det.min()) >= (1 - 0.6) ** 3 - 1e-3
     for axis in range(3):  # smooth: gradients bounded by max_gradient
         assert float((torch.diff(u, dim=axis + 1) / vox[axis]).abs().max()) <= 0.6 + 1e-4
-    again = brains.elastic_displacement(shape, vox, make_generator(5), amplitude_mm=20.0,
-                                        spacing_mm=15.0, max_gradient=0.6)
+    again = brains.elastic_displacement(
+        shape, vox, make_generator(5), amplitude_mm=20.0, spacing_mm=15.0, max_gradient=0.6
+    )
     assert torch.equal(u, again)
-    other = brains.elastic_displacement(shape, vox, make_generator(6), amplitude_mm=20.0,
-                                        spacing_mm=15.0, max_gradient=0.6)
+    other = brains.elastic_displacement(
+        shape, vox, make_generator(6), amplitude_mm=20.0, spacing_mm=15.0, max_gradient=0.6
+    )
     assert not torch.equal(u, other)
 
 
@@ -139,8 +161,15 @@ def test_same_seed_same_sample_and_the_contract(atlas):
 
 
 def test_field_is_the_masked_dipole_field_of_the_masked_chi(atlas):
-    ds = brains.BrainDataset(1, seed=2, shape=(32, 28, 30), voxel_size=(0.9, 1.3),
-                             max_tilt_deg=40.0, snr=None, padding=0.5)
+    ds = brains.BrainDataset(
+        1,
+        seed=2,
+        shape=(32, 28, 30),
+        voxel_size=(0.9, 1.3),
+        max_tilt_deg=40.0,
+        snr=None,
+        padding=0.5,
+    )
     s = ds[0]
     m = s["mask"][0]
     chi = s["chi"][0]
@@ -160,8 +189,9 @@ def test_echo_fit_noise_matches_the_echo_fit_and_grows_where_signal_is_low():
     m0 = torch.linspace(0.2, 1.0, 6).view(-1, 1, 1).expand(shape).contiguous()
     r2 = torch.linspace(10.0, 60.0, 5).view(1, -1, 1).expand(shape).contiguous()
     te = torch.tensor([0.004, 0.009, 0.014, 0.019, 0.024])
-    mag = noiseless_signal(torch.zeros(shape), te, 3.0, m0=m0, r2star=r2,
-                           phi0=torch.zeros(shape)).abs()
+    mag = noiseless_signal(
+        torch.zeros(shape), te, 3.0, m0=m0, r2star=r2, phi0=torch.zeros(shape)
+    ).abs()
     fit = fit_echoes(torch.zeros((len(te), *shape)), te, 3.0, magnitude=mag, noise_std=0.01)
     ours = brains.echo_fit_noise_ppm(m0, r2, te, 3.0, 0.01)
     assert torch.allclose(ours, fit.noise_ppm, rtol=1e-3)
@@ -203,12 +233,20 @@ def test_mixture_is_seeded_and_written_by_the_disk_writer(tmp_path, atlas):
     def brain(length, seed):
         return brains.BrainDataset(length, seed, shape=(16, 16, 16), fine_factor=1)
 
-    mix = brains.SourceMixture({"brains": brain, "shapes": shapes},
-                               weights={"brains": 0.5, "shapes": 0.5}, length=6, seed=1)
+    mix = brains.SourceMixture(
+        {"brains": brain, "shapes": shapes},
+        weights={"brains": 0.5, "shapes": 0.5},
+        length=6,
+        seed=1,
+    )
     names = [mix.source_of(i) for i in range(6)]
     assert names == [mix.source_of(i) for i in range(6)] and set(names) == {"brains", "shapes"}
-    many = brains.SourceMixture({"brains": brain, "shapes": shapes},
-                                weights={"brains": 0.8, "shapes": 0.2}, length=400, seed=2)
+    many = brains.SourceMixture(
+        {"brains": brain, "shapes": shapes},
+        weights={"brains": 0.8, "shapes": 0.2},
+        length=400,
+        seed=2,
+    )
     share = sum(many.source_of(i) == "brains" for i in range(400)) / 400
     assert 0.72 < share < 0.88
     write_dataset(mix, tmp_path / "mix", progress=False)
@@ -223,7 +261,7 @@ def test_mixture_is_seeded_and_written_by_the_disk_writer(tmp_path, atlas):
 
 def test_missing_nilearn_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "nilearn", None)
-    with pytest.raises(InputError, match=r'dlqsm\[anatomy\]'):
+    with pytest.raises(InputError, match=r"dlqsm\[anatomy\]"):
         brains.template_dir()
 
 
