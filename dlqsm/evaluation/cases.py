@@ -51,6 +51,17 @@ from dlqsm.physics.geometry import (
 EVAL_SEED_BASE = 1_000_000
 """Simulated evaluation heads use phantom seeds >= this (see the module docstring)."""
 
+CHALLENGE2016_ROI_NAMES: dict[int, str] = {
+    1: "caudate", 2: "putamen", 3: "globus_pallidus", 4: "red_nucleus", 5: "substantia_nigra",
+    6: "dentate", 7: "genu_corpus_callosum", 8: "splenium_corpus_callosum",
+    9: "internal_capsule", 10: "frontal_white_matter", 11: "optic_radiation"}
+"""Names of the 2016 challenge's ``evaluation_mask`` labels. The challenge's evaluation script
+scores labels 1-6 as grey and 7-11 as white matter; the individual names were read off where
+each bilateral label lies on the COSMOS map (shape, position relative to the ventricles and
+nuclei, susceptibility sign): e.g. 3 is the brightest nucleus medial to 2, 4/5 the midbrain
+pair with 5 anterolateral, 6 in the cerebellum, 9 the diamagnetic band beside the pallidum.
+An ``evaluation.json`` with ``roi_names`` overrides them."""
+
 LAYOUTS: dict[str, dict] = {
     "dlqsm": {"local_field": ["localfield.nii.gz", "localfield.nii"],
               "mask": ["mask.nii.gz", "mask.nii"],
@@ -59,10 +70,10 @@ LAYOUTS: dict[str, dict] = {
               "magnitude": ["magnitude.nii.gz", "magnitude.nii"]},
     "challenge2016": {"local_field": "phs_tissue.nii.gz", "mask": "msk.nii.gz",
                       "reference": "chi_cosmos.nii.gz", "labels": "evaluation_mask.nii.gz",
-                      "magnitude": "magn.nii.gz"},
+                      "magnitude": "magn.nii.gz", "roi_names": CHALLENGE2016_ROI_NAMES},
 }
 """Built-in layouts. ``challenge2016``: the 2016 QSM reconstruction challenge files (local field
-already in ppm, COSMOS reference, ROI labels 1..11 used as given, without names)."""
+already in ppm, COSMOS reference, ROI labels 1..11 named by :data:`CHALLENGE2016_ROI_NAMES`)."""
 
 LAYOUT_FILE = "evaluation.json"
 OPTIONAL = ("labels", "magnitude")
