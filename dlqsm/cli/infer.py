@@ -19,6 +19,7 @@ examples:
   dlqsm infer --local-field lf.nii.gz --mask mask.nii.gz -o out/ --checkpoint best.ckpt
   dlqsm infer qsmci_input/ -o out/                    # raw QSM-CI folder, default model
   dlqsm infer bids/ --subject 01 -o out/ --bfr vsharp --device cuda --amp
+  dlqsm infer bids/ -o bids/derivatives/dlqsm-infer --participant-label 01 02   # dataset mode
   dlqsm infer --local-field lf.nii.gz --mask m.nii.gz -o out/ --tile 96   # sliding windows
 
 outputs (in OUT/): chimap.nii.gz (ppm, referenced to the mean inside the mask, 0 outside) and

@@ -34,6 +34,7 @@ METHODS = ("tv", "tkd", "tsvd", "tikhonov", "ilsqr", "medi", "ndi", "rts")
 EXAMPLES = """\
 examples:
   dlqsm reconstruct bids/ --subject 01 -o out/                 # BIDS MEGRE run
+  dlqsm reconstruct bids/ -o bids/derivatives/dlqsm --jobs 2   # every run: BIDS derivatives
   dlqsm reconstruct qsmci_input/ -o out/ --method tv           # QSM-CI artifact folder
   dlqsm reconstruct --phase ph.nii.gz --magnitude mag.nii.gz --te 0.004 0.008 0.012 \\
       --field-strength 3 -o out/

@@ -73,8 +73,9 @@ def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
     """The dataset-mode flags of ``dlqsm reconstruct`` and ``dlqsm infer``."""
     g = p.add_argument_group(
         "dataset mode (INPUT a BIDS dataset: every run -> BIDS derivatives in OUT)",
-        "Used when INPUT holds several MEGRE runs and neither --subject nor --select picks "
-        "one, or when any of these flags is given. Runs already in OUT are skipped (resume).",
+        "Used when INPUT holds several MEGRE runs and neither --subject nor --select picks\n"
+        "one, or when any of these flags is given. Runs already in OUT are skipped (resume);\n"
+        "see docs/datasets.md.",
     )
     g.add_argument(
         "--participant-label",
