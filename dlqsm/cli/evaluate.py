@@ -175,10 +175,15 @@ def run(args) -> int:
     import sys
 
     from dlqsm.evaluation import run_evaluation
+    from dlqsm.io.outputs import OutputDir
 
     if getattr(args, "suite", None):
         return _run_suite(args)
-    result = run_evaluation(build_config(args))
+    cfg = build_config(args)
+    out = OutputDir(cfg["output"], force=cfg["force"])
+    out.check(["summary.md", "record.json"])  # writable, not someone else's, before any work
+    with out.lock():  # one evaluation writes into a folder at a time
+        result = run_evaluation(cfg)
     if not args.quiet:
         print(f"dlqsm evaluate: wrote {len(result.files)} files to {result.out_dir} "
               f"(summary.md)", file=sys.stderr)
