@@ -187,27 +187,28 @@ def simulated_rows(specs, methods, runs: Path, *, cache_dir=None, device="cpu",
 
 def _roi_means(chi_file, truth_file, mask_file, labels_file, case, method, label_ids,
                names=None) -> list[dict]:
-    """Per-label means (ppm) of the map and the truth, both referenced to their mask mean."""
+    """Per-label means (ppm) of the map and the truth, both referenced to their mask mean
+    (voxels the method left non-finite count as 0, as in qsm-ci's scorer)."""
+    import torch
+
     from dlqsm.evaluation.independent import QSMCI_LABELS
     from dlqsm.io.nifti import load_nifti
+    from dlqsm.metrics.functional import roi_means
 
-    chi = load_nifti(chi_file, ndim=3, finite=False).data
-    truth = load_nifti(truth_file, ndim=3).data
     mask = load_nifti(mask_file, ndim=3).data > 0.5
+    chi = load_nifti(chi_file, ndim=3, finite=False).data
+    chi = torch.from_numpy(np.where(mask & np.isfinite(chi), chi, 0.0))
+    truth = torch.from_numpy(load_nifti(truth_file, ndim=3).data.astype(np.float64))
     labels = load_nifti(labels_file, ndim=3).data.round().astype(np.int64)
-    chi = np.where(mask & np.isfinite(chi), chi, 0.0)
-    chi_ref, truth_ref = chi - chi[mask].mean(), truth - truth[mask].mean()
+    labels = torch.from_numpy(np.where(mask, labels, 0))
+    m = torch.from_numpy(mask)
+    ids = [int(i) for i in label_ids if (labels == int(i)).any()]
+    ours = roi_means(chi - chi[m].mean(), labels, ids).tolist()
+    ref = roi_means(truth - truth[m].mean(), labels, ids).tolist()
     names = names if names is not None else QSMCI_LABELS
-    out = []
-    for lab in label_ids:
-        sel = (labels == lab) & mask
-        if not sel.any():
-            continue
-        m, t = float(chi_ref[sel].mean()), float(truth_ref[sel].mean())
-        out.append({"case": case, "method": method, "label": int(lab),
-                    "name": names.get(int(lab), f"roi_{int(lab)}"), "voxels": int(sel.sum()),
-                    "reference_ppm": t, "method_ppm": m, "error_ppm": m - t})
-    return out
+    return [{"case": case, "method": method, "label": lab, "name": names.get(lab, f"roi_{lab}"),
+             "voxels": int((labels == lab).sum()), "reference_ppm": r, "method_ppm": o,
+             "error_ppm": o - r} for lab, o, r in zip(ids, ours, ref, strict=True)]
 
 
 def _roi_linearity(roi_rows) -> float:
