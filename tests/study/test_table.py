@@ -10,7 +10,7 @@ from dlqsm.simulation.anatomy import DGM_LABELS, LABELS
 from dlqsm.study.labels import NUCLEI
 from dlqsm.study.table import read_study
 
-from .conftest import GROUPS, _save
+from .conftest import FAST, GROUPS, _save
 
 TOL = dict(rtol=1e-6, atol=1e-9)
 
@@ -197,3 +197,17 @@ def test_help(flag, capsys):
     with pytest.raises(SystemExit):
         main(["study", flag])
     assert "FreeSurfer aseg" in capsys.readouterr().out
+
+
+def test_dataset_mode_with_labels_writes_the_study(derived):
+    """``--labels`` on a dataset-mode call: runs skipped (done), then the table over them."""
+    root, deriv, _ = derived
+    seg = str(root / "derivatives" / "phantom")
+    argv = ["reconstruct", str(root), "-o", str(deriv), "-q", *FAST, "--labels", seg]
+    assert main(argv) == 0
+    rows = read_study(deriv / "study" / "chi_regions.csv")
+    assert len({r["run"] for r in rows}) == 6 and {r["group"] for r in rows} == {
+        "patient",
+        "control",
+    }
+    assert (deriv / "study" / "chi_regions.png").exists()
