@@ -3,7 +3,8 @@
 * Finding a run's label image (:func:`find_labels`): a path template with the run's entities
   (``seg/sub-{sub}/ses-{ses}/mri/aseg.nii.gz``; ``{sub}``, ``{ses}``, ``{acq}``, ``{run}``,
   ... and ``{key}``, the whole run prefix), or a BIDS-derivatives folder holding
-  ``sub-*/[ses-*/]anat/*_dseg.nii[.gz]`` whose entities agree with the run's.
+  ``sub-*/[ses-*/]anat/*_dseg.nii[.gz]`` whose entities agree with the run's (the session's
+  folder first, then the subject's ``anat`` folder for one segmentation per subject).
 * Naming labels (:func:`read_label_names`): a BIDS ``*_dseg.tsv`` (``index`` and ``name``
   columns) beside the image or given with ``--label-names``, or a FreeSurfer colour table
   (``index name r g b a`` lines); without one, the FreeSurfer aseg numbers
@@ -195,18 +196,27 @@ def find_labels(pattern: str, key: str) -> Path:
             path=p,
             fix="give a BIDS-derivatives folder or a template.",
         )
-    folder = p / f"sub-{ent['sub']}" / (f"ses-{ent['ses']}" if "ses" in ent else "") / "anat"
-    found = []
-    for f in sorted(folder.glob("*_dseg.nii*")):
-        fent = run_entities(f.name.split(".nii")[0])
-        same = all(fent.get(k) == v for k, v in ent.items() if k in fent or k in ("sub", "ses"))
-        if same:
-            found.append(f)
+    subject = p / f"sub-{ent['sub']}"
+    # the session's own segmentation first, else a subject-level one (e.g. one T1w per subject)
+    folders = ([subject / f"ses-{ent['ses']}" / "anat"] if "ses" in ent else []) + [
+        subject / "anat"
+    ]
+    found, folder = [], folders[0]
+    for folder in folders:
+        for f in sorted(folder.glob("*_dseg.nii*")):
+            fent = run_entities(f.name.split(".nii")[0])
+            if fent.get("sub") == ent["sub"] and all(
+                fent.get(k) == v for k, v in ent.items() if k in fent
+            ):
+                found.append(f)
+        if found:
+            break
     if not found:
         raise InputError(
             f"no *_dseg.nii[.gz] for run {key}.",
-            path=folder,
-            fix="write the run's segmentation there or give a --labels template.",
+            path=folders[0],
+            fix="write the run's segmentation there (or in the subject's anat folder) or give "
+            "a --labels template.",
         )
     if len(found) > 1:
         raise InputError(

@@ -133,5 +133,7 @@ def test_find_labels(tmp_path):
     b = seg / "sub-02" / "anat" / "sub-02_run-1_dseg.nii.gz"
     _save(b, np.zeros((2, 2, 2), np.int16), np.eye(4))
     assert find_labels(str(seg), "sub-02_run-1") == b
+    # a subject-level segmentation serves every session (the session's own one wins)
+    assert find_labels(str(seg), "sub-02_ses-3_run-1") == b
     with pytest.raises(InputError, match="no \\*_dseg"):
         find_labels(str(seg), "sub-02_run-2")
