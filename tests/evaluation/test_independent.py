@@ -228,3 +228,38 @@ def test_suite_round_trip_at_reduced_size(fine, cache, tmp_path):
     assert "fine-3T-tilt25-3x3x3.5" in text and "In vivo rows skipped" in text
     with pytest.raises(OutputExistsError):
         run_suite(tmp_path / "suite", specs=[fine.spec], real_data=None, cache_dir=cache)
+
+
+@pytest.mark.slow
+def test_real_data_rows_on_small_stand_ins(tmp_path):
+    """The in vivo rows on stand-ins with the real folders' layouts (the real data are not
+    needed by the tests): a challenge-2016-like folder (local field, mask, COSMOS, ROI labels)
+    and a 3-echo crop stored with scaled phase. Missing folders give a note, not an error."""
+    from dlqsm.evaluation.independent_suite import invivo_rows, multiecho_rows
+    from dlqsm.io.nifti import save_nifti
+    from dlqsm.simulation.head import simulate_head_case
+
+    te = (0.004, 0.008, 0.012)
+    case = simulate_head_case((32, 40, 36), (3.0, 3.0, 3.0), seed=1_000_005, te=te, snr=50.0,
+                              lesion_prob=0.0)
+    aff = case.affine
+    ch = tmp_path / "challenge2016"
+    for name, vol in (("phs_tissue.nii.gz", case.local_field), ("msk.nii.gz", case.mask),
+                      ("chi_cosmos.nii.gz", case.chi),
+                      ("evaluation_mask.nii.gz", case.labels * case.mask)):
+        save_nifti(ch / name, vol, aff)
+    rows, rois, notes = invivo_rows(ch, tmp_path / "runs", progress=False)
+    assert [r["method"] for r in rows] == ["local-tv", "infer-local"]
+    assert all(r["status"] == "ok" and r["nrmse"] < 100 for r in rows), rows
+    assert rois and "No method was tuned" in notes[0]
+    me = tmp_path / "multiecho_small"
+    save_nifti(me / "phase.nii.gz", case.phase.permute(1, 2, 3, 0) * (0.0037 / np.pi), aff)
+    save_nifti(me / "mag.nii.gz", case.magnitude.permute(1, 2, 3, 0), aff)
+    (me / "params.json").write_text(json.dumps({"TE": list(te), "B0": None}))
+    (row,), _ = multiecho_rows(me, tmp_path / "runs", progress=False)
+    assert row["status"] == "ok", row
+    assert row["echo_residual_median_rad"] < 0.2 and row["echo_residual_gt_half_pi"] < 0.05
+    assert invivo_rows(tmp_path / "nothing", tmp_path / "runs")[2][0].startswith(
+        "in vivo 2016 skipped")
+    assert multiecho_rows(tmp_path / "nothing", tmp_path / "runs")[1][0].startswith(
+        "multi-echo crop skipped")
