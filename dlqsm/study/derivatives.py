@@ -146,7 +146,9 @@ def publish_run(staging: Path, out, key: str, record_extra: dict) -> list[str]:
             side = target.split(".nii")[0] + ".json"
             write_json_atomic(folder / side, {**extra, "Sources": sources})
             written.append(side)
-    record = json.loads((staging / "record.json").read_text())
+    # the record names the staging folder where it names the output folder: point it here
+    text = (staging / "record.json").read_text()
+    record = json.loads(text.replace(json.dumps(str(staging))[1:-1], json.dumps(str(folder))[1:-1]))
     record["outputs"] = written + [derivative_name(key, "record.json")]
     sidecar = chimap_sidecar(
         record, sources=sources, settings=record_extra.get("DlqsmSettings", {})

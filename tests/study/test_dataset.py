@@ -101,7 +101,9 @@ def test_derivatives_tree(derived):
         ):
             assert f"{key}_{suffix}" in names, (key, suffix, names)
         assert not [n for n in names if n.startswith(".")]  # no staging left behind
-        side = json.loads((anat / f"{key}_Chimap.json").read_text())
+        text = (anat / f"{key}_Chimap.json").read_text()
+        assert ".dlqsm-staging" not in text  # the record names the derivative folder
+        side = json.loads(text)
         assert side["Units"] == "ppm"
         assert (
             side["Sources"][0] == f"bids:raw:{key.replace('_', '/')}/anat/{key}_echo-1_"
