@@ -170,6 +170,17 @@ def build_config(args) -> dict:
     return cfg
 
 
+def check_checkpoints(methods) -> None:
+    """Load every learned method's model once before any test case is built, so that a missing,
+    foreign or unsafe checkpoint is refused at once (in one line) rather than after the cases."""
+    from dlqsm.evaluation.methods import parse_methods
+    from dlqsm.inference import load_network
+
+    for spec in parse_methods(methods):
+        if spec.kind == "learned":
+            load_network(spec.checkpoint)
+
+
 def run(args) -> int:
     """Build the configuration, evaluate, report where the results are."""
     import sys
@@ -180,6 +191,7 @@ def run(args) -> int:
     if getattr(args, "suite", None):
         return _run_suite(args)
     cfg = build_config(args)
+    check_checkpoints(cfg["methods"])
     out = OutputDir(cfg["output"], force=cfg["force"])
     out.check(["summary.md", "record.json"])  # writable, not someone else's, before any work
     with out.lock():  # one evaluation writes into a folder at a time

@@ -50,6 +50,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--no-tile", action="store_true", help="force whole-volume inference")
     m.add_argument("--overlap", type=float, default=0.5, help="window overlap (fraction)")
     m.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
+    m.add_argument("--data-consistency", choices=("none", "l2", "tv"), default="none",
+                   help="data-consistency iterations started from the network output so that "
+                   "chi obeys the measured field: l2 (CG, proximal to the network), tv "
+                   "(TV-ADMM correction) or none (default); recorded in record.json")
+    m.add_argument("--dc-iters", type=int, default=10, metavar="N",
+                   help="iterations of the data-consistency step (default 10)")
     add_stage_arguments(p.add_argument_group("field mapping (raw or total-field input)"),
                         inversion=False)
     add_run_arguments(p)
@@ -96,7 +102,7 @@ def run(args) -> int:
     from dlqsm.inference import Predictor, local_field_from_scan
     from dlqsm.io.outputs import OutputDir
     from dlqsm.io.scan import load_scan
-    from dlqsm.pipeline.reconstruct import check_parameters
+    from dlqsm.pipeline.reconstruct import check_parameters, resolve_device
 
     t0 = time.perf_counter()
     out = OutputDir(args.out, force=args.force)
@@ -108,8 +114,10 @@ def run(args) -> int:
     params = stage_params(args.param, {"unwrap": args.unwrap, "echo_fit": args.echo_fit,
                                        "bfr": args.bfr, "inversion": None})
     check_parameters(params, **methods, method=None)
+    resolve_device(args.device)  # a bad --device is refused before the model loads
     predictor = Predictor(args.checkpoint, device=args.device, tile=tile, roi_size=roi,
-                          overlap=args.overlap, amp=args.amp, progress=not args.quiet)
+                          overlap=args.overlap, amp=args.amp, progress=not args.quiet,
+                          data_consistency=args.data_consistency, dc_iters=args.dc_iters)
     with out.lock():
         scan = load_scan(args.input, **scan_arguments(args))
         scan.check_maskable()
@@ -156,6 +164,7 @@ def build_record(scan, fmap, pred, predictor, args, names, total_s) -> dict:
         "mask": {"voxels": int(fmap.mask.sum())},
         "timings_s": {**fmap.timings, "resample": pred.info["timings_s"]["resample"],
                       "network": pred.info["timings_s"]["network"],
+                      "data_consistency": pred.info["timings_s"].get("data_consistency", 0.0),
                       "inference": pred.info["timings_s"]["total"], "total": total_s},
         "software": software_versions(),
         "notices": fmap.notices,

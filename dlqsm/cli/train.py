@@ -21,16 +21,17 @@ EPILOG = """examples:
   dlqsm train -m hparams_search=optuna            hyper-parameter search
   dlqsm train --cfg job                           print the composed config and exit
 
-groups: data={sim,disk,mixture,heads}
-        simulation={hybrid_axial,hybrid,head,shapes,deepqsm,mixture,head_cases}
+groups: data={sim,disk,mixture,heads,brains}
+        simulation={hybrid_axial,hybrid,head,shapes,deepqsm,mixture,head_cases,brains,
+                    brains_cases}
         model={unet,basicunet,tkd_resunet,tv_resunet,unrolled}
         loss={l1,l2,l1_gdl,l1_physics,physics} optimizer={adamw,adam}
         scheduler={cosine,plateau,none} trainer={cpu,gpu,gpu_bf16,gpu_16,ddp,ddp_cpu,default}
         logger={wandb,csv,tensorboard,none}
         callbacks={default,minimal,none,model_checkpoint,metadata,lr_monitor,progress_bar,
                    slice_panels,early_stopping}
-        experiment={quickstart_cpu,default_model,deepqsm_shapes,hybrid_unet,tkd_resunet,
-                    unrolled}
+        experiment={quickstart_cpu,default_model,brains_model,deepqsm_shapes,hybrid_unet,
+                    tkd_resunet,unrolled}
         debug={fast,fdr,default,overfit} hparams_search={optuna} hydra/launcher={slurm}
         (tests/test_configs.py checks these lists against the configs/ folders)
 See docs/training.md."""
@@ -103,9 +104,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     """Compose configs/train.yaml with ``args.overrides`` and train (see dlqsm.lit.train)."""
+    check_overrides(list(getattr(args, "overrides", []) or []))  # before importing Lightning
     from dlqsm.lit.train import config_dir, run_hydra
 
-    check_overrides(list(getattr(args, "overrides", []) or []))
     config_dir()  # fail early, with a clear message, when the configs cannot be found
     run_hydra(list(getattr(args, "overrides", []) or []), script=str(Path(__file__).resolve()))
     return 0

@@ -91,6 +91,10 @@ ROWS = {
     "foreign torch file": (
         lambda d, o: ["infer", *_lf(d), "-o", o, "--checkpoint", d / "pickled_model.pt"],
         r"pickled_model\.pt: not a dlqsm model.*could run code"),
+    "foreign torch file (evaluate)": (
+        lambda d, o: ["evaluate", "--methods", "tkd", "--checkpoint", d / "pickled_model.pt",
+                      "--heads", "1", "--shape", 16, 16, 16, "-o", o],
+        r"pickled_model\.pt: not a dlqsm model.*could run code"),
     "singular affine": (lambda d, o: ["reconstruct", *_lf(d, "lf_singular.nii.gz",
                                                          "mask_singular.nii.gz"), "-o", o],
                         r"lf_singular\.nii\.gz: the NIfTI affine is singular.*--b0-dir"),
