@@ -23,7 +23,8 @@ EPILOG = """examples:
   dlqsm simulate simulation=deepqsm simulation.shape=[96,96,96] num_workers=2
   dlqsm simulate simulation=mixture seed=1 out_dir=data/sim/val n_samples=50
 
-groups: simulation={shapes,deepqsm,head,hybrid,hybrid_axial,mixture,head_cases}
+groups: simulation={shapes,deepqsm,head,hybrid,hybrid_axial,mixture,head_cases,brains,
+                    brains_cases}
 Re-running a command skips finished samples; force=true overwrites them."""
 
 

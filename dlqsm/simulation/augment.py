@@ -96,7 +96,7 @@ def scale_intensity(sample: dict, factor: float) -> dict:
     """
     if "phase" in sample:
         raise ValueError("cannot rescale a sample with a wrapped phase; scale chi before "
-                         "simulating the signal (SimulatedQSMDataset(chi_scale=...)).")
+                         "simulating the signal (SimulatedQSMDataset(chi_multiplier=...)).")
     out = dict(sample)
     for k in SCALED_KEYS:
         if k in out:

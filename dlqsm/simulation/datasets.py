@@ -33,9 +33,11 @@ directly on a device (vectorised shapes, batched FFTs), the fast path for traini
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
@@ -86,13 +88,14 @@ class SimulationConfig:
 
     shape: Sequence[int] = (64, 64, 64)
     source: str | dict = "shapes"
-    voxel_size: float | Sequence[float] = (1.0, 1.0, 1.0)
+    voxel_size: float | Sequence[float] | None = None
+    voxel_size_range: Sequence[float] | None = None
     isotropic_prob: float = 0.0
     max_tilt_deg: float = 30.0
     padding: int | Sequence[int] = 0
     noise_std: float | Sequence[float] = 0.0
     lesion_prob: float = 0.4
-    chi_scale: float | Sequence[float] = 1.0
+    chi_multiplier: float | Sequence[float] = 1.0
     shapes: str | list | None = None
     shape_mode: str = "add"
     smooth_texture: float = 0.02
@@ -110,17 +113,59 @@ class SimulationConfig:
     shim_ppm: float = 0.0
     phase_offset: bool = True
     extra: dict = field(default_factory=dict)
+    chi_scale: float | Sequence[float] | None = None  # deprecated name of chi_multiplier
 
     def __post_init__(self):
         self.shape = tuple(int(s) for s in self.shape)
         if len(self.shape) != 3:
             raise ValueError(f"shape must have three entries, got {self.shape}")
         self.source_weights = _source_weights(self.source)
+        if self.chi_scale is not None:
+            _deprecated("chi_scale", "chi_multiplier")
+            self.chi_multiplier, self.chi_scale = self.chi_scale, None
+        self.voxel_size, self.voxel_size_range = voxel_size_settings(self.voxel_size,
+                                                                     self.voxel_size_range)
+
+    @property
+    def voxel_size_spec(self):
+        """What :func:`~dlqsm.simulation.acquisition.sample_geometry` draws voxel sizes from."""
+        return self.voxel_size if self.voxel_size_range is None else self.voxel_size_range
 
     def as_dict(self) -> dict:
         """Plain JSON-able dict of the settings (ShapeSpecs as dicts)."""
         d = asdict(self)
-        return {k: v for k, v in d.items() if k != "extra"}
+        return {k: v for k, v in d.items() if k not in ("extra", "chi_scale")}
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"the simulation setting {old!r} is deprecated; use {new!r}.",
+                  DeprecationWarning, stacklevel=4)
+
+
+def voxel_size_settings(voxel_size, voxel_size_range):
+    """``(voxel_size, voxel_size_range)`` with exactly one of them set (mm).
+
+    ``voxel_size`` is one or three numbers (a fixed size), ``voxel_size_range`` a (low, high)
+    range each axis is drawn from. Neither: 1 mm. A two-number ``voxel_size`` is the deprecated
+    spelling of a range.
+    """
+    if voxel_size is not None and np.asarray(voxel_size).size == 2:
+        _deprecated("voxel_size with two numbers (a range)", "voxel_size_range")
+        if voxel_size_range is None:
+            voxel_size, voxel_size_range = None, voxel_size
+    if voxel_size is not None and voxel_size_range is not None:
+        raise ValueError(f"voxel_size {list(np.ravel(voxel_size))} and voxel_size_range "
+                         f"{list(voxel_size_range)} are both set: give one (set the other to "
+                         "null, e.g. simulation.voxel_size_range=null)")
+    if voxel_size_range is not None:
+        r = tuple(float(v) for v in voxel_size_range)
+        if len(r) != 2 or r[0] <= 0 or r[1] < r[0]:
+            raise ValueError(f"voxel_size_range must be (low, high) in mm, got {r}")
+        return None, r
+    v = (1.0, 1.0, 1.0) if voxel_size is None else np.ravel(np.asarray(voxel_size, float))
+    if len(v) not in (1, 3) or min(v) <= 0:
+        raise ValueError(f"voxel_size must be one or three positive numbers (mm), got {list(v)}")
+    return tuple(float(x) for x in np.broadcast_to(v, (3,))), None
 
 
 def _source_weights(source) -> dict[str, float]:
@@ -164,12 +209,12 @@ class Simulator:
         """
         cfg = self.config
         dev = torch.device("cpu") if device is None else torch.device(device)
-        b0, vs = sample_geometry(generator, batch, voxel_size=cfg.voxel_size,
+        b0, vs = sample_geometry(generator, batch, voxel_size=cfg.voxel_size_spec,
                                  max_tilt_deg=cfg.max_tilt_deg, isotropic_prob=cfg.isotropic_prob)
         sources = self._draw_sources(generator, batch)
         parts = self._sources(sources, vs, generator, dev)
         chi_all, mask, labels, signal_mask, outside, meta = parts
-        scale = torch.tensor([uniform_scalar(generator, cfg.chi_scale) for _ in range(batch)],
+        scale = torch.tensor([uniform_scalar(generator, cfg.chi_multiplier) for _ in range(batch)],
                              device=dev).view(batch, 1, 1, 1)
         m = mask.to(chi_all.dtype)
         full = bool(mask.all())  # whole-volume masks: skip the masking arithmetic
@@ -192,7 +237,7 @@ class Simulator:
                                     kernel, generator, meta))
         for i in range(batch):
             meta[i].update(source=sources[i], b0_dir=b0[i].tolist(), voxel_size=vs[i].tolist(),
-                           chi_scale=float(scale.view(-1)[i]))
+                           chi_multiplier=float(scale.view(-1)[i]))
         return (out, meta) if with_meta else out
 
     def _draw_sources(self, generator, batch: int) -> list[str]:
@@ -348,14 +393,19 @@ class SimulatedQSMDataset(SeededDataset):
         seed: dataset seed; sample i is generated from ``derive_seed(seed, i)``.
         source: "shapes", "head", "hybrid" or a dict of weights, e.g. {"shapes": 0.5,
             "head": 0.25, "hybrid": 0.25}.
-        voxel_size: a number, three numbers, or a (low, high) range drawn per axis (mm).
+        voxel_size: a fixed voxel size, one or three numbers (mm); default 1 mm.
+        voxel_size_range: or a (low, high) range each axis is drawn from (mm); give one of the
+            two (a two-number ``voxel_size`` is the deprecated spelling of this).
         isotropic_prob: with a range, the chance of isotropic voxels.
         max_tilt_deg: B0 is drawn uniformly within this angle of the z voxel axis.
         padding: zero padding (voxels per side) of the dipole convolution.
         noise_std: Gaussian noise (ppm) added to the local field inside the mask; a number or
             a (low, high) range drawn per sample.
         lesion_prob: probability of haemorrhages/calcifications in head samples.
-        chi_scale: susceptibility scale factor (number or range) applied inside the mask.
+        chi_multiplier: factor applied to the susceptibility inside the mask (a number or a
+            (low, high) range drawn per sample; widens the value range). Formerly
+            ``chi_scale``, still accepted with a DeprecationWarning (``chi_scale`` of a model
+            is its output normalisation, another thing).
         shapes: shape families for "shapes" (list of ShapeSpec/dicts, or a preset name:
             "default", "deepqsm").
         shape_mode: "add" or "replace" overlaps.
@@ -452,13 +502,20 @@ class HeadCaseConfig:
     shape: tuple[int, int, int] = (164, 205, 205)
     voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)
     noise_std: float | tuple[float, float] = 0.0
-    padding: float = 0.25
+    padding_fraction: float = 0.25
     head_scale: float | tuple[float, float] | None = None
     lesion_prob: float = 0.4
     max_tilt_deg: float = 0.0
+    padding: float | None = None  # deprecated name of padding_fraction
+
+    def __post_init__(self):
+        if self.padding is not None:
+            _deprecated("padding (a fraction of the matrix)", "padding_fraction")
+            self.padding_fraction, self.padding = float(self.padding), None
 
     def as_dict(self) -> dict:
         d = asdict(self)
+        d.pop("padding")
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
@@ -468,8 +525,8 @@ class HeadCaseDataset(SeededDataset):
     Item ``i`` is :func:`dlqsm.simulation.head.simulate_head_case` (no signal) with the seed
     ``derive_seed(seed, i)``: a 63-bit seed, so a training head equals a held-out evaluation head
     (:func:`dlqsm.evaluation.cases.simulated_heads`, seeds 10**6 + k) only by coincidence. The
-    local field is ``mask * D(mask * chi)`` with zero padding of ``padding`` times the matrix
-    on each side, plus Gaussian noise (``noise_std`` ppm, a number or a range drawn per head)
+    local field is ``mask * D(mask * chi)`` with zero padding of ``padding_fraction`` times the
+    matrix on each side, plus Gaussian noise (``noise_std`` ppm, a number or a range drawn per head)
     inside the mask; B0 is along z, or uniform on the cap within ``max_tilt_deg`` of z (as in
     :class:`SimulatedQSMDataset`). Keys follow the sample contract of this module.
 
@@ -481,7 +538,8 @@ class HeadCaseDataset(SeededDataset):
         length: number of heads. seed: dataset seed.
         shape, voxel_size: grid (voxels, mm).
         noise_std: field noise, ppm (number or (low, high)).
-        padding: zero padding of the dipole convolution, a fraction of each matrix size.
+        padding_fraction: zero padding of the dipole convolution, a fraction of each matrix
+            size per side (formerly ``padding``, still accepted with a DeprecationWarning).
         head_scale: head size (None: fitted to the field of view, at most adult size).
         lesion_prob: probability of haemorrhages / calcifications.
         max_tilt_deg: largest angle between B0 and the voxel z axis (degrees).
@@ -520,7 +578,8 @@ class HeadCaseDataset(SeededDataset):
         if cfg.max_tilt_deg > 0:  # no draw at 0: the noise of untilted heads stays the same
             b0 = tuple(random_b0_dirs(g, 1, cfg.max_tilt_deg)[0].tolist())
         case = simulate_head_case(cfg.shape, cfg.voxel_size, b0, seed=seed, signal=False,
-                                  padding=tuple(int(n * cfg.padding) for n in cfg.shape),
+                                  padding=tuple(int(n * cfg.padding_fraction)
+                                                for n in cfg.shape),
                                   **kwargs)
         std = uniform_scalar(g, cfg.noise_std)
         mask = case.mask.float()

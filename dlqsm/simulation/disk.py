@@ -85,6 +85,24 @@ class _WithMeta(Dataset):
         return self.dataset.sample_with_meta(self.indices[i])
 
 
+RENAMED_SETTINGS = {"chi_scale": "chi_multiplier", "padding": "padding_fraction"}
+"""Settings stored under an older name in ``dataset.json`` (old -> new), for resuming."""
+
+
+def _upgrade_settings(old: dict, new: dict) -> dict:
+    """``old`` stored settings with renamed keys spelled as in ``new`` (a two-number
+    ``voxel_size`` was a range: now ``voxel_size_range``)."""
+    old = dict(old)
+    for was, now in RENAMED_SETTINGS.items():
+        if now in new and now not in old and was in old and was not in new:
+            old[now] = old.pop(was)
+    if "voxel_size_range" in new and "voxel_size_range" not in old and "voxel_size" in old:
+        two = isinstance(old["voxel_size"], list) and len(old["voxel_size"]) == 2
+        old["voxel_size_range"] = old["voxel_size"] if two else None
+        old["voxel_size"] = None if two else old["voxel_size"]
+    return old
+
+
 def _check_settings(out: Path, settings: dict, force: bool) -> None:
     path = out / "dataset.json"
     if not path.exists():
@@ -94,8 +112,10 @@ def _check_settings(out: Path, settings: dict, force: bool) -> None:
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read {path.name} ({exc}).", path=path,
                          fix="delete the file or choose another output folder.") from exc
-    same = {k: old.get(k) for k in ("seed", "settings")} == {
-        k: json.loads(json.dumps(settings[k])) for k in ("seed", "settings")}
+    new = {k: json.loads(json.dumps(settings[k])) for k in ("seed", "settings")}
+    stored = {"seed": old.get("seed"),
+              "settings": _upgrade_settings(old.get("settings") or {}, new["settings"])}
+    same = stored == new
     if not same and not force:
         raise InputError("the folder holds a dataset simulated with different settings, so "
                          "resuming would mix them.", path=out,

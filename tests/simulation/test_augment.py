@@ -54,7 +54,7 @@ def test_all_signed_permutations_commute_with_the_dipole_operator():
 
 @pytest.fixture(scope="module")
 def sample():
-    ds = SimulatedQSMDataset(2, (20, 16, 12), seed=1, voxel_size=(0.7, 1.8),
+    ds = SimulatedQSMDataset(2, (20, 16, 12), seed=1, voxel_size_range=(0.7, 1.8),
                              max_tilt_deg=45, shape_mask="blob")
     return ds[0]
 

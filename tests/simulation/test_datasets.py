@@ -41,7 +41,7 @@ def check_physics(s, padding=0):
 @pytest.mark.parametrize("signal", [False, True])
 def test_contract_and_physics(source, signal):
     ds = SimulatedQSMDataset(3, SHAPE, seed=0, source=source, signal=signal, n_echoes=3,
-                             voxel_size=(0.8, 2.5), max_tilt_deg=35, shape_mask=0.5,
+                             voxel_size_range=(0.8, 2.5), max_tilt_deg=35, shape_mask=0.5,
                              padding=3)
     s = ds[2]
     want = dict(CONTRACT, **(SIGNAL if signal else {}))
@@ -93,14 +93,14 @@ def test_field_noise_and_chi_scale():
     noisy = SimulatedQSMDataset(1, SHAPE, seed=2, noise_std=0.02)[0]
     d = (noisy["field"] - clean["field"])[0]
     assert d.std().item() == pytest.approx(0.02, rel=0.1)
-    scaled = SimulatedQSMDataset(1, SHAPE, seed=2, chi_scale=2.0)[0]
+    scaled = SimulatedQSMDataset(1, SHAPE, seed=2, chi_multiplier=2.0)[0]
     assert torch.allclose(scaled["chi"], 2 * clean["chi"], atol=1e-6)
     assert torch.allclose(scaled["field"], 2 * clean["field"], atol=1e-6)
 
 
 def test_generate_batch_and_loader():
     ds = SimulatedQSMDataset(8, SHAPE, seed=0, source={"shapes": 1, "hybrid": 1},
-                             voxel_size=(0.7, 1.5), max_tilt_deg=20)
+                             voxel_size_range=(0.7, 1.5), max_tilt_deg=20)
     b = ds.generate_batch(4, "cpu", make_generator(9))
     again = ds.generate_batch(4, "cpu", make_generator(9))
     assert all(torch.equal(b[k], again[k]) for k in b)
@@ -153,10 +153,35 @@ def test_hybrid_adds_shapes_inside_the_brain_only():
 @pytest.mark.gpu
 def test_generate_batch_on_cuda():
     ds = SimulatedQSMDataset(4, SHAPE, seed=0, source={"shapes": 1, "hybrid": 1}, signal=True,
-                             voxel_size=(0.8, 1.5), shape_mask=0.5, noise_std=0.0)
+                             voxel_size_range=(0.8, 1.5), shape_mask=0.5, noise_std=0.0)
     b = ds.generate_batch(4, "cuda", make_generator(0, "cuda"))
     assert all(v.device.type == "cuda" for v in b.values())
     for i in range(4):
         check_physics({k: v[i].cpu() for k, v in b.items()})
     cpu_gen = ds.generate_batch(2, "cuda", make_generator(1))
     assert cpu_gen["chi"].is_cuda
+
+
+def test_renamed_settings_keep_working_with_a_warning():
+    """chi_scale -> chi_multiplier, a two-number voxel_size -> voxel_size_range, HeadCase
+    padding -> padding_fraction: same samples, a DeprecationWarning, one meaning per name."""
+    from dlqsm.simulation.datasets import HeadCaseDataset
+
+    new = SimulatedQSMDataset(1, (16, 16, 16), seed=5, chi_multiplier=1.7,
+                              voxel_size_range=(0.8, 1.4))
+    with pytest.warns(DeprecationWarning) as record:
+        old = SimulatedQSMDataset(1, (16, 16, 16), seed=5, chi_scale=1.7, voxel_size=(0.8, 1.4))
+    assert {"chi_multiplier", "voxel_size_range"} <= {
+        w for r in record for w in ("chi_multiplier", "voxel_size_range") if w in str(r.message)}
+    assert old.config.as_dict() == new.config.as_dict()
+    torch.testing.assert_close(old[0]["chi"], new[0]["chi"])
+    assert new.config.voxel_size is None and new[0]["voxel_size"].min() >= 0.8
+    fixed = SimulatedQSMDataset(1, (16, 16, 16), voxel_size=2.0).config
+    assert fixed.voxel_size == (2.0, 2.0, 2.0) and fixed.voxel_size_range is None
+    with pytest.raises(ValueError, match="both set"):
+        SimulatedQSMDataset(1, (16, 16, 16), voxel_size=(1, 1, 1), voxel_size_range=(1, 2))
+    with pytest.raises(ValueError, match="low, high"):
+        SimulatedQSMDataset(1, (16, 16, 16), voxel_size_range=(2, 1))
+    with pytest.warns(DeprecationWarning, match="padding_fraction"):
+        assert HeadCaseDataset(1, padding=0.1).config.padding_fraction == 0.1
+    assert "padding" not in HeadCaseDataset(1).config.as_dict()

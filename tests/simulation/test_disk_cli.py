@@ -18,7 +18,7 @@ SHAPE = (12, 14, 10)
 
 def test_write_resume_and_read_back(tmp_path):
     ds = SimulatedQSMDataset(3, SHAPE, seed=5, source={"shapes": 1, "head": 1}, signal=True,
-                             n_echoes=2, voxel_size=(0.8, 1.6), max_tilt_deg=30)
+                             n_echoes=2, voxel_size_range=(0.8, 1.6), max_tilt_deg=30)
     out = tmp_path / "sim"
     first = write_dataset(ds, out, indices=[0, 1], progress=False)
     assert first["written"] == 2 and first["skipped"] == 0
@@ -73,3 +73,20 @@ def test_cli_simulate(tmp_path, capsys):
     assert main(["simulate", f"out_dir={tmp_path / 'h'}", "n_samples=1", "simulation=head",
                  "simulation.shape=[16,16,16]", "progress=false"]) == 0
     assert DiskQSMDataset(tmp_path / "h")[0]["labels"].max() > 0
+
+
+def test_folders_written_before_the_renames_resume(tmp_path):
+    """dataset.json of an older dlqsm (chi_scale, a two-number voxel_size) still matches."""
+    ds = SimulatedQSMDataset(2, shape=(12, 12, 12), seed=1, voxel_size_range=(0.8, 1.6),
+                             chi_multiplier=(0.5, 2.0))
+    write_dataset(ds, tmp_path, indices=[0], progress=False)
+    meta = json.loads((tmp_path / "dataset.json").read_text())
+    s = meta["settings"]
+    s["chi_scale"] = s.pop("chi_multiplier")
+    s["voxel_size"] = s.pop("voxel_size_range")
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    assert write_dataset(ds, tmp_path, progress=False)["written"] == 1
+    s["chi_scale"] = [0.5, 3.0]  # a real change is still refused
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="different settings"):
+        write_dataset(ds, tmp_path, progress=False)

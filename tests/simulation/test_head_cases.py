@@ -13,7 +13,7 @@ SHAPE = (36, 44, 36)
 
 
 def test_head_case_field_is_the_masked_dipole_field_of_chi():
-    ds = HeadCaseDataset(2, seed=4, shape=SHAPE, noise_std=0.0, padding=0.25)
+    ds = HeadCaseDataset(2, seed=4, shape=SHAPE, noise_std=0.0, padding_fraction=0.25)
     s = ds[1]
     chi, mask, field = s["chi"][0].double(), s["mask"][0].double(), s["field"][0].double()
     assert mask.sum() > 1000 and s["labels"].max() > 0
