@@ -320,7 +320,7 @@ def test_predictor_loads_a_dlqsm_checkpoint(tmp_path):
     net = save_tiny_checkpoint(tmp_path / "tiny.ckpt")
     pred = Predictor(tmp_path / "tiny.ckpt", device="cpu")
     assert pred.spec.name == "NormalizedNet" and not pred.spec.b0_aware
-    assert pred.spec.size_divisor == 16 and pred.spec.roi_size == (32, 32, 32)
+    assert pred.spec.pad_multiple == 16 and pred.spec.roi_size == (32, 32, 32)
     chi, mask = smooth_phantom((30, 28, 20), (1, 1, 1), radius=9)
     out = pred.run(chi, mask, voxel_size=1, b0_dir=Z)
     with torch.no_grad():
@@ -336,7 +336,7 @@ def test_spec_reads_training_geometry_ranges():
                                   "voxel_size_max": [2.0, 2.0, 2.0]},
             "input_normalization": {"uses_geometry": False, "pad_multiple": 8}}
     spec = ModelSpec.from_metadata(meta)
-    assert spec.voxel_range is not None and spec.size_divisor == 8
+    assert spec.voxel_range is not None and spec.pad_multiple == 8
     np.testing.assert_allclose(spec.target_voxel_size((0.8, 0.8, 1.2)), (0.8, 0.8, 1.2))
     np.testing.assert_allclose(spec.target_voxel_size((0.3, 0.8, 3.0)), (0.6, 0.8, 2.0))
     fixed = ModelSpec.from_metadata({"training_geometry": {"voxel_size_min": [1, 1, 1],

@@ -67,3 +67,26 @@ def test_split_modules_keep_every_old_name():
         assert getattr(head, name) is getattr(phantom, name), name
     for name in ("HeadCase", "partial_volume", "simulate_head_case", "PARTIAL_VOLUME_SIGMA"):
         assert hasattr(head, name), name
+
+
+def test_model_spec_pad_multiple_and_its_old_name():
+    from dlqsm.inference import ModelSpec
+
+    spec = ModelSpec.from_metadata({"size_divisor": 8})
+    assert spec.pad_multiple == 8
+    assert ModelSpec.from_metadata({"pad_multiple": 4}).pad_multiple == 4
+    with pytest.warns(DeprecationWarning, match="pad_multiple"):
+        assert spec.size_divisor == 8
+
+
+def test_load_model_checkpoint_keyword_and_its_old_name():
+    from dlqsm.models.loading import DEFAULT_MODEL_DIR, default_model_installed, load_model
+
+    if not default_model_installed():
+        pytest.skip("no default model")
+    net, meta = load_model(checkpoint=DEFAULT_MODEL_DIR)
+    with pytest.warns(DeprecationWarning, match="checkpoint="):
+        net2, _ = load_model(checkpoint_path=DEFAULT_MODEL_DIR)
+    assert type(net) is type(net2)
+    with pytest.raises(TypeError):
+        load_model()

@@ -44,8 +44,8 @@ def bytes_per_voxel(net: nn.Module, spec: ModelSpec, device, *, probe: int | Non
     autograd most are freed early, so the sum is a conservative (high) estimate.
     """
     device = torch.device(device)
-    side = probe or max(64 if device.type == "cuda" else 32, 2 * spec.size_divisor)
-    side = int(math.ceil(side / spec.size_divisor) * spec.size_divisor)
+    side = probe or max(64 if device.type == "cuda" else 32, 2 * spec.pad_multiple)
+    side = int(math.ceil(side / spec.pad_multiple) * spec.pad_multiple)
     x = torch.zeros(1, 1, side, side, side, device=device)
     args = (x, torch.ones_like(x), torch.tensor([[0.0, 0.0, 1.0]], device=device),
             torch.tensor([list(spec.voxel_size)], device=device))

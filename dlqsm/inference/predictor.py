@@ -201,7 +201,7 @@ class Predictor:
         """Estimated bytes for whole-volume inference at ``shape`` and the budget available."""
         if self._bpv is None:
             self._bpv = bytes_per_voxel(self.net, self.spec, self.device)
-        d = self.spec.size_divisor
+        d = self.spec.pad_multiple
         vox = float(np.prod([math.ceil(s / d) * d for s in shape]))
         budget = self.memory_fraction * available_memory_bytes(self.device)
         return {"bytes_per_voxel": self._bpv, "whole_volume_bytes": self._bpv * vox,
@@ -218,7 +218,7 @@ class Predictor:
 
     def _window_size(self, shape) -> tuple[int, int, int]:
         """The sliding-window size: the spec's, shrunk to fit memory, a multiple of the divisor."""
-        d = self.spec.size_divisor
+        d = self.spec.pad_multiple
         roi = [max(d, int(math.ceil(r / d) * d)) for r in self.spec.roi_size]
         if self.tile is None and self._bpv is not None:
             budget = self.memory_fraction * available_memory_bytes(self.device)
@@ -246,7 +246,7 @@ class Predictor:
 
         x = torch.cat(parts, dim=1)
         if not tiled:
-            xp, shape = pad_to_multiple(x, self.spec.size_divisor)
+            xp, shape = pad_to_multiple(x, self.spec.pad_multiple)
             return crop_to(predictor(xp), shape), {"mode": "whole-volume", **why}
         from monai.inferers import sliding_window_inference
 

@@ -7,6 +7,7 @@ decide how a scan is presented to the network.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +35,8 @@ class ModelSpec:
         b0_aware: the network takes ``b0_dir`` and handles any direction itself.
         resolution_aware: the network takes ``voxel_size`` and handles any voxel size itself.
         roi_size: sliding-window size (voxels); the training patch size when known.
-        size_divisor: spatial sizes given to the network are padded to multiples of this.
+        pad_multiple: spatial sizes given to the network are padded to multiples of this
+            (the models' ``pad_multiple``; ``size_divisor`` is its deprecated name).
         name: a human-readable model name for records.
     """
 
@@ -44,7 +46,7 @@ class ModelSpec:
     b0_aware: bool = False
     resolution_aware: bool = False
     roi_size: tuple[int, int, int] = (DEFAULT_ROI,) * 3
-    size_divisor: int = 16
+    pad_multiple: int = 16
     name: str = "network"
 
     @classmethod
@@ -55,8 +57,9 @@ class ModelSpec:
         (``voxel_size_min/max``, ``b0_tilt_deg_max``, ``shapes``), ``input_normalization``
         (``uses_geometry`` marks a network taking B0 and voxel size; ``pad_multiple``) and
         ``network``. Hand-written metadata may instead give ``voxel_size``, ``b0_axis``,
-        ``b0_aware``, ``resolution_aware``, ``patch_size``, ``size_divisor`` and ``name``, which
-        take precedence. A network attribute named like a flag (``net.b0_aware``) wins over both.
+        ``b0_aware``, ``resolution_aware``, ``patch_size``, ``pad_multiple`` (or its older name
+        ``size_divisor``) and ``name``, which take precedence. A network attribute named like a
+        flag (``net.b0_aware``) wins over both.
         """
         meta = dict(metadata or {})
         geo = meta.get("training_geometry") or {}
@@ -76,13 +79,20 @@ class ModelSpec:
         shapes = geo.get("shapes") or []
         roi = meta.get("patch_size") or (np.max(shapes, axis=0).tolist() if shapes else
                                          DEFAULT_ROI)
-        divisor = meta.get("size_divisor") or norm.get("pad_multiple") \
+        divisor = meta.get("pad_multiple") or meta.get("size_divisor") or norm.get("pad_multiple") \
             or getattr(net, "pad_multiple", None) or 16
         return cls(voxel_size=vox, voxel_range=vrange,
                    b0_axis=tuple(float(v) for v in normalize_b0_dir(meta.get("b0_axis", Z_AXIS))),
-                   roi_size=roi_triple(roi), size_divisor=max(1, int(divisor)),
+                   roi_size=roi_triple(roi), pad_multiple=max(1, int(divisor)),
                    name=str(meta.get("name") or meta.get("network") or
                             (type(net).__name__ if net is not None else "network")), **flags)
+
+    @property
+    def size_divisor(self) -> int:
+        """Deprecated name of :attr:`pad_multiple`."""
+        warnings.warn("ModelSpec.size_divisor is now ModelSpec.pad_multiple.", DeprecationWarning,
+                      stacklevel=2)
+        return self.pad_multiple
 
     def target_voxel_size(self, wanted) -> np.ndarray:
         """The voxel size (mm) to run at when the scan grid would give ``wanted``."""

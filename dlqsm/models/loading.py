@@ -149,11 +149,28 @@ def _read(path: Path, map_location) -> tuple[dict, dict]:
             "metadata": info.get("metadata", {})}, obj
 
 
-def load_model(checkpoint_path, map_location="cpu") -> tuple[nn.Module, dict]:
+def _checkpoint_arg(checkpoint, checkpoint_path):
+    """``checkpoint``, or the deprecated keyword ``checkpoint_path``."""
+    if checkpoint_path is not None:
+        import warnings
+
+        warnings.warn("load_model(checkpoint_path=...) is now load_model(checkpoint=...).",
+                      DeprecationWarning, stacklevel=3)
+        if checkpoint is not None:
+            raise TypeError("give checkpoint or checkpoint_path, not both")
+        return checkpoint_path
+    if checkpoint is None:
+        raise TypeError("load_model() needs a checkpoint (resolve_checkpoint(None) gives the "
+                        "default model)")
+    return checkpoint
+
+
+def load_model(checkpoint=None, map_location="cpu", *,
+               checkpoint_path=None) -> tuple[nn.Module, dict]:
     """Rebuild a trained network from a dlqsm checkpoint or exported model.
 
     Args:
-        checkpoint_path: a Lightning checkpoint written by ``dlqsm train`` (``best.ckpt``,
+        checkpoint: a Lightning checkpoint written by ``dlqsm train`` (``best.ckpt``,
             ``last.ckpt``), a run folder containing ``checkpoints/``, or a folder (or its
             ``model.pt``) written by :func:`export_model`.
         map_location: device for the weights.
@@ -163,7 +180,7 @@ def load_model(checkpoint_path, map_location="cpu") -> tuple[nn.Module, dict]:
         ``net(field_ppm, mask, b0_dir, voxel_size) -> chi_ppm``) and the metadata dict
         (units, training geometry, input normalisation, config, git revision, metrics).
     """
-    path = find_model_file(checkpoint_path)
+    path = find_model_file(_checkpoint_arg(checkpoint, checkpoint_path))
     info, _ = _read(path, map_location)
     net = build_from_config(info["net_config"])
     net.load_state_dict(info["state_dict"])
@@ -173,7 +190,7 @@ def load_model(checkpoint_path, map_location="cpu") -> tuple[nn.Module, dict]:
     return net, metadata
 
 
-def export_model(checkpoint_path, out_dir, *, force: bool = False,
+def export_model(checkpoint, out_dir, *, force: bool = False,
                  extra_metadata: dict | None = None) -> Path:
     """Write the inference-only form of a trained model: ``out_dir/model.pt`` + metadata.json.
 
@@ -181,7 +198,7 @@ def export_model(checkpoint_path, out_dir, *, force: bool = False,
     ``metadata.json`` is the same metadata, readable without Python. ``extra_metadata`` entries
     (e.g. ``name``, ``model_card``) are added to both.
     """
-    path = find_model_file(checkpoint_path)
+    path = find_model_file(checkpoint)
     info, _ = _read(path, "cpu")
     out = OutputDir(out_dir, force=force)
     out.check([EXPORT_NAME, "metadata.json"])
