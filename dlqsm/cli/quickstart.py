@@ -60,6 +60,7 @@ def train_quickstart(out: Path, overrides: list[str], force: bool) -> Path:
 def run(args) -> int:
     from dlqsm.evaluation.runner import run_evaluation
     from dlqsm.inference import default_model_installed
+    from dlqsm.io.outputs import OutputDir
     from dlqsm.pipeline.reconstruct import resolve_device
 
     out = Path(args.out)
@@ -74,24 +75,26 @@ def run(args) -> int:
         if not args.quiet:
             print(text, file=sys.stderr)
 
-    methods: list = list(args.methods)
-    ckpt = args.checkpoint
-    if not args.no_train:
-        say(f"[1/2] training a small U-Net on simulated data (CPU) into {out / 'train'}")
-        ckpt = str(train_quickstart(out / "train", overrides, args.force))
-    if ckpt:
-        methods.append({"name": "unet", "kind": "learned", "checkpoint": ckpt})
-    if not args.no_default_model and default_model_installed():
-        methods.append({"name": "dlqsm-default", "kind": "learned", "checkpoint": None})
-    say(f"[2/2] reconstructing {args.heads} held-out simulated heads")
-    result = run_evaluation({
-        "methods": methods, "output": str(out / "evaluation"), "force": args.force,
-        "device": device, "progress": not args.quiet,
-        "title": "dlqsm quickstart: learned vs classical on held-out simulated heads",
-        "data": {"heads": {"count": args.heads, "shape": list(args.shape),
-                           "voxel_size": [1.0, 1.0, 1.0], "noise_std": 0.0,
-                           "b0_tilt_deg": 0.0}, "folders": []},
-    })
+    OutputDir(out, force=args.force).check([])  # writable, before any work
+    with OutputDir(out).lock():  # one quickstart writes into a folder at a time
+        methods: list = list(args.methods)
+        ckpt = args.checkpoint
+        if not args.no_train:
+            say(f"[1/2] training a small U-Net on simulated data (CPU) into {out / 'train'}")
+            ckpt = str(train_quickstart(out / "train", overrides, args.force))
+        if ckpt:
+            methods.append({"name": "unet", "kind": "learned", "checkpoint": ckpt})
+        if not args.no_default_model and default_model_installed():
+            methods.append({"name": "dlqsm-default", "kind": "learned", "checkpoint": None})
+        say(f"[2/2] reconstructing {args.heads} held-out simulated heads")
+        result = run_evaluation({
+            "methods": methods, "output": str(out / "evaluation"), "force": args.force,
+            "device": device, "progress": not args.quiet,
+            "title": "dlqsm quickstart: learned vs classical on held-out simulated heads",
+            "data": {"heads": {"count": args.heads, "shape": list(args.shape),
+                               "voxel_size": [1.0, 1.0, 1.0], "noise_std": 0.0,
+                               "b0_tilt_deg": 0.0}, "folders": []},
+        })
     summary = out / "evaluation" / "summary.md"
     if summary.exists():
         print(summary.read_text())
