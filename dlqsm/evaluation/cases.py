@@ -41,6 +41,7 @@ import torch
 
 from dlqsm.errors import InputError
 from dlqsm.io.nifti import load_nifti
+from dlqsm.io.scan import mask_from_values
 from dlqsm.physics.geometry import (
     b0_dir_from_affine,
     normalize_b0_dir,
@@ -290,9 +291,7 @@ def load_case(folder, layout: dict, *, name: str | None = None) -> EvalCase:
             raise InputError(f"{key.replace('_', ' ')} grid {vol.shape} does not match the "
                              f"local field's {grid.shape} (shape or affine).", path=vol.path,
                              fix="resample it onto the local field's grid.")
-    mask = vols["mask"].data > 0.5
-    if not mask.any():
-        raise InputError("the mask is empty.", path=vols["mask"].path)
+    mask = mask_from_values(vols["mask"].data, path=vols["mask"].path)  # the loaders' rule
     labels = vols["labels"].data.round().astype(np.int64) if "labels" in vols else None
     roi_ids = [int(i) for i in layout.get("roi_ids") or
                (np.unique(labels[labels > 0]).tolist() if labels is not None else [])]
