@@ -52,6 +52,12 @@ from __future__ import annotations
 
 import torch
 
+__all__ = ["AIR_PPM", "AIR_SPACES", "BILATERAL_STRUCTURES", "BRAINSTEM", "CEREBRUM_AXES",
+           "CEREBRUM_CENTER", "CEREBRUM_POWER", "CHI_RANGES", "DGM_LABELS", "FIT_HALF_EXTENT",
+           "FOSSA_AXES", "FOSSA_CENTER", "FRAME_SHIFT_Z", "HEAD_AXES", "HEAD_CENTER",
+           "INTRACRANIAL_LABELS", "LABELS", "MIDLINE_STRUCTURES", "SKULL_MM",
+           "TISSUE_M0_R2STAR_3T", "tissue_parameters"]
+
 LABELS: dict[str, int] = {
     "background": 0,
     "csf": 1,

@@ -17,29 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dlqsm.simulation.anatomy import (  # noqa: F401  (re-exported: former home of the tables)
-    AIR_PPM,
-    AIR_SPACES,
-    BILATERAL_STRUCTURES,
-    BRAINSTEM,
-    CEREBRUM_AXES,
-    CEREBRUM_CENTER,
-    CEREBRUM_POWER,
-    CHI_RANGES,
-    DGM_LABELS,
-    FIT_HALF_EXTENT,
-    FOSSA_AXES,
-    FOSSA_CENTER,
-    FRAME_SHIFT_Z,
-    HEAD_AXES,
-    HEAD_CENTER,
-    INTRACRANIAL_LABELS,
-    LABELS,
-    MIDLINE_STRUCTURES,
-    SKULL_MM,
-    TISSUE_M0_R2STAR_3T,
-    tissue_parameters,
-)
+from dlqsm.simulation.anatomy import *  # noqa: F403  (re-exported: former home of the tables)
+from dlqsm.simulation.anatomy import AIR_PPM, INTRACRANIAL_LABELS, tissue_parameters
 from dlqsm.simulation.phantom import HeadPhantom, fit_scale, head_phantom  # noqa: F401
 from dlqsm.simulation.rng import make_generator
 
