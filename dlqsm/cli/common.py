@@ -26,9 +26,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if ("%(default)" in text or not action.option_strings
-                or action.default in (None, False, argparse.SUPPRESS)
-                or action.default == []):
+        default = action.default
+        if ("%(default)" in text or not action.option_strings or default is None
+                or default is False or default is argparse.SUPPRESS or default == []):
             return text
         return f"{text} (default: %(default)s)"
 

@@ -37,7 +37,8 @@ def test_every_option_has_help_and_shows_its_default(name):
     text = p.format_help()
     for a in _options(p):
         assert a.help, f"dlqsm {name} {a.option_strings}: no help"
-        if a.default not in (None, False, []) and a.default is not argparse.SUPPRESS:
+        if not (a.default is None or a.default is False or a.default == []
+                or a.default is argparse.SUPPRESS):  # 0 and 0.0 are shown too
             shown = p._get_formatter()._get_help_string(a)
             assert "%(default)" in shown, f"dlqsm {name} {a.option_strings}: default not shown"
     assert "(default: None)" not in text and "(default: False)" not in text
