@@ -53,9 +53,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--data-consistency", choices=("none", "l2", "tv"), default="none",
                    help="data-consistency iterations started from the network output so that "
                    "chi obeys the measured field: l2 (CG, proximal to the network), tv "
-                   "(TV-ADMM correction) or none (default); recorded in record.json")
+                   "(TV-ADMM correction) or none; recorded in record.json")
     m.add_argument("--dc-iters", type=int, default=10, metavar="N",
-                   help="iterations of the data-consistency step (default 10)")
+                   help="iterations of the data-consistency step")
     add_stage_arguments(p.add_argument_group("field mapping (raw or total-field input)"),
                         inversion=False)
     add_run_arguments(p)
