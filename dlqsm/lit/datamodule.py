@@ -13,6 +13,7 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from dlqsm.simulation.sample import Batch, Sample
 from dlqsm.simulation.wrappers import MixtureDataset  # noqa: F401  (its former home)
 
 
@@ -48,7 +49,7 @@ class CachedDataset(Dataset):
         return self.items[i]
 
 
-def collate(samples: list[dict]) -> dict:
+def collate(samples: list[Sample]) -> Batch:
     """Stack a list of sample dicts into a batch dict (tensors stacked, other values listed)."""
     out = {}
     for key in samples[0]:

@@ -21,6 +21,7 @@ from dlqsm.lit.metadata import GeometryTracker, build_metadata, git_revision
 from dlqsm.metrics.wrappers import qsm_metric_collection
 from dlqsm.models.loading import CHECKPOINT_KEY
 from dlqsm.pipeline.batched import INIT_KEY
+from dlqsm.simulation.sample import Batch
 
 BATCH_KEYS = ("field", "mask", "b0_dir", "voxel_size")
 # on_before_batch_transfer below is meant to run (it records the training geometry on the CPU)
@@ -80,7 +81,7 @@ class QSMLitModule(LightningModule):
             self.geometry.update(batch)  # still on the CPU here: no device synchronisation
         return batch
 
-    def _step(self, batch: dict, stage: str):
+    def _step(self, batch: Batch, stage: str):
         pred = self(batch)
         total, parts = self.loss(pred, batch)
         bs = batch["field"].shape[0]
@@ -92,11 +93,11 @@ class QSMLitModule(LightningModule):
                           sync_dist=sync, on_step=False, on_epoch=True)
         return total, pred
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         total, _ = self._step(batch, "train")
         return total
 
-    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict:
         total, pred = self._step(batch, "val")
         kwargs = {"labels": batch["labels"]} if "labels" in batch else {}
         self.val_metrics.update(pred.float(), batch["chi"], batch["mask"] > 0, **kwargs)

@@ -1,6 +1,8 @@
 """Torch datasets of simulated (susceptibility, field) pairs, optionally with GRE signal.
 
-Sample contract (a dict of tensors; keys and shapes are relied on by the training code):
+Sample contract (a dict of tensors, typed as :class:`dlqsm.simulation.sample.Sample` and checked
+by :func:`dlqsm.simulation.sample.check_sample`; keys and shapes are relied on by the training
+code):
 
 ================  ====================  =================================================
 key               shape / dtype         meaning
@@ -60,6 +62,7 @@ from dlqsm.simulation.rng import (
     uniform,
     uniform_scalar,
 )
+from dlqsm.simulation.sample import Sample
 from dlqsm.simulation.shapes import DEEPQSM_SHAPES, DEFAULT_SHAPES, ShapeSpec, random_shapes
 from dlqsm.simulation.signal import (
     echo_times,
@@ -380,7 +383,7 @@ class SeededDataset(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} {self.item_name}")
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, index: int) -> Sample:
         return self.sample_with_meta(int(index))[0]
 
 
