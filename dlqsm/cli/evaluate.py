@@ -60,7 +60,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "dlqsm's default chain and model on qsm-forward heads (scored by qsm-ci), "
                    "its own simulator and real scans")
     s.add_argument("--suite-size", choices=("full", "reduced"), default="full",
-                   help="adult heads (default) or small fast ones")
+                   help="adult heads (full) or small fast ones (reduced)")
     s.add_argument("--real-data", metavar="DIR", help="folder with challenge2016/ and "
                    "multiecho_small/ (default ../shared/data beside the repository, if present)")
     s.add_argument("--cache", metavar="DIR", help="cache of generated cases (default "

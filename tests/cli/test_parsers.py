@@ -41,6 +41,9 @@ def test_every_option_has_help_and_shows_its_default(name):
                 or a.default is argparse.SUPPRESS):  # 0 and 0.0 are shown too
             shown = p._get_formatter()._get_help_string(a)
             assert "%(default)" in shown, f"dlqsm {name} {a.option_strings}: default not shown"
+            assert shown.replace("%(default)s", "").count("default") == 1, \
+                f"dlqsm {name} {a.option_strings}: default given twice (by hand and by the " \
+                "formatter)"
     assert "(default: None)" not in text and "(default: False)" not in text
 
 
