@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"pipeline"},
     {"io"},
     {"physics"},
+    {"configs"},
     {"errors", "benchmarking", "assets", "__init__"},
 ]
 """Top to bottom. ``__init__`` is ``dlqsm/__init__.py`` (the version)."""

@@ -8,14 +8,11 @@ the ``configs/`` folder of the dlqsm checkout (editable install).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-import dlqsm
 from dlqsm.cli.common import HelpFormatter
+from dlqsm.configs import CONFIG_ENV, find_config_dir  # noqa: F401  (CONFIG_ENV: its old home)
 from dlqsm.errors import InputError
-
-CONFIG_ENV = "DLQSM_CONFIG_DIR"
 
 EPILOG = """examples:
   dlqsm simulate out_dir=data/sim/train n_samples=1000
@@ -41,16 +38,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def config_dir() -> Path:
-    """``$DLQSM_CONFIG_DIR`` or ``configs/`` of the dlqsm checkout (holding simulate.yaml)."""
-    candidates = []
-    if os.environ.get(CONFIG_ENV):
-        candidates.append(Path(os.environ[CONFIG_ENV]))
-    candidates += [Path(dlqsm.__file__).resolve().parents[1] / "configs", Path.cwd() / "configs"]
-    for c in candidates:
-        if (c / "simulate.yaml").is_file():
-            return c.resolve()
-    raise InputError("cannot find the simulation config (configs/simulate.yaml).",
-                     fix=f"run from a dlqsm checkout or set {CONFIG_ENV}=/path/to/dlqsm/configs.")
+    """The Hydra config folder holding ``simulate.yaml`` (:func:`dlqsm.configs.find_config_dir`)."""
+    return find_config_dir("simulate.yaml")
 
 
 def compose_config(overrides: list[str]):

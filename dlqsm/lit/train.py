@@ -23,12 +23,11 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-import dlqsm
+from dlqsm.configs import CONFIG_ENV, find_config_dir  # noqa: F401  (CONFIG_ENV: its old home)
 from dlqsm.errors import InputError
 from dlqsm.lit.callbacks import SlurmRequeue, hpc_checkpoints
 
 log = logging.getLogger(__name__)
-CONFIG_ENV = "DLQSM_CONFIG_DIR"
 
 DEPRECATED_OPTIONS: dict[str, dict[str, str]] = {
     "model": {"resunet": "tkd_resunet"},
@@ -38,21 +37,8 @@ DEPRECATED_OPTIONS: dict[str, dict[str, str]] = {
 
 
 def config_dir() -> Path:
-    """The Hydra config folder: ``$DLQSM_CONFIG_DIR``, else ``configs/`` of the dlqsm checkout.
-
-    Raises:
-        InputError: when neither exists (e.g. a wheel install without the repository).
-    """
-    candidates = []
-    if os.environ.get(CONFIG_ENV):
-        candidates.append(Path(os.environ[CONFIG_ENV]))
-    candidates.append(Path(dlqsm.__file__).resolve().parents[1] / "configs")
-    candidates.append(Path.cwd() / "configs")
-    for c in candidates:
-        if (c / "train.yaml").is_file():
-            return c.resolve()
-    raise InputError("cannot find the training configs (configs/train.yaml).",
-                     fix=f"run from a dlqsm checkout or set {CONFIG_ENV}=/path/to/dlqsm/configs.")
+    """The Hydra config folder holding ``train.yaml`` (:func:`dlqsm.configs.find_config_dir`)."""
+    return find_config_dir("train.yaml")
 
 
 def instantiate_group(group: DictConfig | None) -> list:
