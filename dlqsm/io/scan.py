@@ -548,6 +548,12 @@ def load_scan(input=None, *, phase=None, magnitude=None, te=None, field_strength
     if len(given) > 1:
         raise InputError(f"{' and '.join(given)} given together: each is a different starting "
                          "point of the pipeline.", fix=f"give only one of {', '.join(given)}.")
+    if b0_dir is not None and b0_source != "auto":
+        raise InputError(f"--b0-dir and --b0-source {b0_source} given together.",
+                         fix="give --b0-dir (it wins) or --b0-source, not both.")
+    if (subject is not None or select is not None) and input is None:
+        raise InputError("--subject/--select pick a run inside INPUT, but no INPUT folder is "
+                         "given.", fix="give the BIDS folder as INPUT, or drop them.")
     if field_unit is not None and field_unit not in FIELD_UNITS:
         raise InputError(f"unknown field unit {field_unit!r}.",
                          fix=f"use one of {', '.join(FIELD_UNITS)}.")
@@ -647,6 +653,11 @@ class _Parts:
             b0 = check_field_strength(self.b0, path=self.where.get("b0"))
             sources["te"] = str(self.where.get("te") or "command line")
             sources["b0"] = str(self.where.get("b0") or "command line")
+        if self.field_unit is not None and not ("total_field" in arrays
+                                                or "local_field" in arrays):
+            raise InputError("--field-unit applies to a total or local field, but the input "
+                             "starts from phase.", path=_first(sources.get("phase")),
+                             fix="drop --field-unit (phase is read in radians).")
         for key in ("total_field", "local_field"):
             if key in arrays:
                 arrays[key] = field_to_ppm(arrays[key], self.field_unit, kind=key,

@@ -209,6 +209,9 @@ def resolve_device(device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError("CUDA was asked for but is not available here.",
                          fix="use --device cpu (or install a CUDA build of torch).")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"there is no {dev} here ({torch.cuda.device_count()} CUDA devices).",
+                         fix="use --device cuda (the first) or a smaller index.")
     return dev
 
 

@@ -111,6 +111,16 @@ ROWS = {
     "--field-unit rad without TE": (
         lambda d, o: ["reconstruct", *_lf(d), "-o", o, "--field-unit", "rad",
                       "--field-strength", "3"], r"needs exactly one echo time"),
+    "--field-unit with phase": (
+        lambda d, o: ["reconstruct", d / "raw_qsmci", "--magnitude", d / "raw_qsmci" /
+                      "mag.nii.gz", "--field-unit", "hz", "-o", o],
+        r"--field-unit applies to a total or local field, but the input starts from phase"),
+    "--b0-dir with --b0-source": (
+        lambda d, o: ["reconstruct", *_lf(d), "-o", o, "--b0-dir", 0, 0, 1, "--b0-source",
+                      "affine"], r"--b0-dir and --b0-source affine given together"),
+    "--subject without INPUT": (
+        lambda d, o: ["reconstruct", *_lf(d), "-o", o, "--subject", "01"],
+        r"--subject/--select pick a run inside INPUT"),
     "--b0-source sidecar without one": (
         lambda d, o: ["reconstruct", *_lf(d), "-o", o, "--b0-source", "sidecar"],
         r"no B0_dir in params\.json or the sidecars"),
