@@ -295,8 +295,14 @@ def _air_primitives(frame: _Frame) -> Primitives:
     return frame.primitives("ellipsoid", centers, axes)
 
 
-def _polyline_capsules(points: torch.Tensor, radius: torch.Tensor):
-    """Capsules along a polyline: centres, semi-axes, rotations and half-length/radius."""
+def polyline_capsules(points: torch.Tensor, radius: torch.Tensor):
+    """Capsules along a polyline (vessels): one per segment of ``points`` (N, 3) mm.
+
+    Returns:
+        centres (N-1, 3), semi-axes (N-1, 3) (the radius), rotations (N-1, 3, 3) whose third
+        column is the segment direction, and half-length / radius (N-1,): the arguments of
+        :func:`dlqsm.simulation.shapes.make_primitives` for ``"capsule"``.
+    """
     p0, p1 = points[:-1], points[1:]
     d = p1 - p0
     length = torch.linalg.norm(d, dim=1).clamp_min(1e-3)
@@ -309,6 +315,9 @@ def _polyline_capsules(points: torch.Tensor, radius: torch.Tensor):
     rot = torch.stack([ex, ey, ez], dim=2)
     r = radius.expand(len(p0))
     return (p0 + p1) / 2, r[:, None].expand(-1, 3), rot, (length / 2) / r
+
+
+_polyline_capsules = polyline_capsules  # its former, private name
 
 
 def _surface_point(direction: torch.Tensor, depth_mm: torch.Tensor) -> torch.Tensor:
@@ -325,7 +334,7 @@ def _vein_primitives(frame: _Frame, g, n_veins, vals) -> Primitives:
     cen, ax, rot, par, val = [], [], [], [], []
 
     def add(points, radius, value):
-        c, a, r, p = _polyline_capsules(torch.as_tensor(points, dtype=torch.float32),
+        c, a, r, p = polyline_capsules(torch.as_tensor(points, dtype=torch.float32),
                                         torch.tensor(float(radius)))
         cen.append(c), ax.append(a), rot.append(r), par.append(p)
         val.append(torch.full((len(c),), float(value)))
