@@ -67,6 +67,9 @@ MIN_PHASE_SPAN = 0.2
 FIELD_UNITS = ("ppm", "hz", "rad")
 FIELD_LIMIT_PPM = {"local_field": 1.0, "total_field": 10.0}
 """Largest plausible 99th percentile of |field| (ppm) inside the mask, per kind of field."""
+FIELD_NOTICE_PPM = {"local_field": 0.3, "total_field": 5.0}
+"""Above this 99th percentile a field is accepted with a notice (in vivo local fields of the
+2016 challenge subject: 0.04 ppm)."""
 B0_SOURCES = ("auto", "affine", "sidecar")
 B0_AGREE_DEG = 1.0
 """A sidecar B0 direction further than this from the affine's is reported."""
@@ -467,6 +470,9 @@ def field_to_ppm(data: np.ndarray, unit: str | None, *, kind: str, mask=None, te
             f"implausible for ppm (a {what} of the brain stays below {limit:g} ppm).", path=path,
             fix="pass --field-unit hz (with --field-strength) or --field-unit rad (with --te and "
             "--field-strength) to convert, or --field-unit ppm to use the values as they are.")
+    if p99 > FIELD_NOTICE_PPM[kind]:
+        _notice(notices, path, f"{what} values reach {p99:.3g} ppm (99th percentile of |value| "
+                "inside the mask), large for ppm: if the file is in rad or Hz, pass --field-unit.")
     return data
 
 

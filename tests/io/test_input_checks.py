@@ -31,7 +31,11 @@ def test_field_units_convert_to_ppm():
 
 def test_plausibility_of_ppm_fields():
     mask = np.ones(FIELD.shape, bool)
-    assert field_to_ppm(FIELD, None, kind="local_field", mask=mask) is FIELD
+    notices = []
+    assert field_to_ppm(FIELD, None, kind="local_field", mask=mask, notices=notices) is FIELD
+    assert not notices
+    field_to_ppm(FIELD * 5, None, kind="local_field", mask=mask, notices=notices)  # 0.5 ppm
+    assert "large for ppm: if the file is in rad or Hz, pass --field-unit" in notices[0]
     hz = FIELD * GAMMA_HZ_PER_T * 3e-6  # the same field in Hz at 3 T (x127.7)
     with pytest.raises(InputError, match=r"implausible for ppm.*--field-unit hz"):
         field_to_ppm(hz, None, kind="local_field", mask=mask)
