@@ -31,6 +31,7 @@ The package is split by responsibility (every name stays importable from ``dlqsm
   dipole inversion) and :class:`FieldMap`.
 """
 
+from dlqsm.inference.consistency import DC_METHODS, data_consistency, field_residual
 from dlqsm.inference.fieldmap import FieldMap, local_field_from_scan
 from dlqsm.inference.memory import available_memory_bytes, bytes_per_voxel
 from dlqsm.inference.network import (
@@ -51,6 +52,7 @@ from dlqsm.inference.resampling import (
 from dlqsm.inference.spec import DEFAULT_ROI, Z_AXIS, ModelSpec, roi_triple
 
 __all__ = [
+    "DC_METHODS",
     "DEFAULT_MODEL_DIR",
     "DEFAULT_ROI",
     "Z_AXIS",
@@ -63,7 +65,9 @@ __all__ = [
     "available_memory_bytes",
     "bytes_per_voxel",
     "call_network",
+    "data_consistency",
     "default_model_installed",
+    "field_residual",
     "load_network",
     "local_field_from_scan",
     "masked_resample",

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from dlqsm.errors import InputError
+from dlqsm.inference.consistency import DC_METHODS, DEFAULT_DC_ITERATIONS, data_consistency
 from dlqsm.inference.memory import available_memory_bytes, bytes_per_voxel
 from dlqsm.inference.network import call_network, load_network
 from dlqsm.inference.resampling import GeometryPlan, masked_resample, plan_geometry
@@ -65,6 +66,10 @@ class Predictor:
         amp: float16 autocast on CUDA (ignored on the CPU).
         memory_fraction: fraction of the free device memory the estimate may use.
         progress: show a progress bar over windows.
+        data_consistency: "none", "l2" or "tv": a few solver iterations started from the
+            network output on the scan grid so that chi obeys the measured field
+            (:func:`dlqsm.inference.consistency.data_consistency`).
+        dc_iters: iterations of that step. dc_params: its parameters (e.g. {"lam": 1e-3}).
 
     Example::
 
@@ -74,7 +79,9 @@ class Predictor:
 
     def __init__(self, checkpoint=None, *, device="auto", tile: bool | None = None,
                  roi_size=None, overlap: float = 0.5, sw_batch_size: int = 1, amp: bool = False,
-                 memory_fraction: float = 0.5, progress: bool = False, _net=None, _meta=None):
+                 memory_fraction: float = 0.5, progress: bool = False,
+                 data_consistency: str = "none", dc_iters: int = DEFAULT_DC_ITERATIONS,
+                 dc_params: dict | None = None, _net=None, _meta=None):
         if _net is None:
             net, meta, path = load_network(checkpoint)
         else:
@@ -93,6 +100,14 @@ class Predictor:
         self.tile, self.overlap, self.sw_batch_size = tile, float(overlap), int(sw_batch_size)
         self.amp = bool(amp) and self.device.type == "cuda"
         self.memory_fraction, self.progress = float(memory_fraction), bool(progress)
+        self.data_consistency = str(data_consistency).lower()
+        if self.data_consistency not in DC_METHODS:
+            raise InputError(f"unknown data-consistency method {data_consistency!r}.",
+                             fix=f"use one of {', '.join(DC_METHODS)}.")
+        if self.data_consistency != "none" and int(dc_iters) < 1:
+            raise InputError(f"data-consistency iterations must be >= 1, got {dc_iters}.",
+                             fix="pass --dc-iters 1 or more (or --data-consistency none).")
+        self.dc_iters, self.dc_params = int(dc_iters), dict(dc_params or {})
         self._bpv: float | None = None
 
     @classmethod
@@ -165,15 +180,25 @@ class Predictor:
             uncovered = int((m * (1 - covered)).sum())
             chi = chi * m
             chi = (chi - chi[m > 0].mean()) * m
-        t4 = time.perf_counter()
+            t4 = time.perf_counter()
+            dc = {"method": "none"}
+            if self.data_consistency != "none":  # on the scan grid, against the measured field
+                out_dc, dc = data_consistency(chi[0, 0], f[0, 0] * m[0, 0], m[0, 0],
+                                              voxel_size=vox, b0_dir=b0,
+                                              method=self.data_consistency,
+                                              iterations=self.dc_iters, **self.dc_params)
+                chi = out_dc[None, None]
+        t5 = time.perf_counter()
         info = {"model": self.spec.name, "checkpoint": self.checkpoint,
                 "device": str(self.device), "amp": self.amp, **mode, **plan.describe(),
                 "voxel_size_mm": [float(v) for v in vox], "b0_dir": [float(v) for v in b0],
                 "reference": "mean inside the mask subtracted; zero outside the mask",
                 "uncovered_mask_voxels": uncovered,
+                "data_consistency": dc,
                 "units": "ppm",
                 "timings_s": {"prepare": t1 - t0, "resample": (t2 - t1) + (t4 - t3),
-                              "network": t3 - t2, "total": t4 - t0}}
+                              "network": t3 - t2, "data_consistency": t5 - t4,
+                              "total": t5 - t0}}
         out = chi[0, 0]
         if isinstance(local_field, torch.Tensor):
             return Prediction(out.to(out_device), info)
