@@ -89,6 +89,7 @@ from dlqsm.physics.dipole import DipoleOperator
 from dlqsm.physics.fft import fft_friendly, irfft3, rfft3
 from dlqsm.physics.geometry import normalize_b0_dir, normalize_voxel_size
 from dlqsm.physics.kernels import laplacian_kernel, smv_kernel, sphere_mask
+from dlqsm.physics.operators import Gradient
 from dlqsm.pipeline.solvers import cg
 
 __all__ = [
@@ -103,6 +104,7 @@ __all__ = [
     "ismv",
     "pdf",
     "lbv",
+    "tfi",
 ]
 
 DEFAULT_METHOD = "pdf"
@@ -379,6 +381,44 @@ def _pdf(f, mask, vox, b0, weight, progress, *, padding=8, gap_mm=4.0, tol=5e-4,
     return BackgroundResult(local, mask.clone(), info)
 
 
+def _edge_weights(mg: torch.Tensor) -> torch.Tensor:
+    """(3, X, Y, Z) 1 where a forward difference joins two mask voxels (periodic), else 0."""
+    mf = mg.to(torch.float32)
+    return torch.stack([mf * torch.roll(mf, -1, dim) for dim in range(3)])
+
+
+def _tfi(f, mask, vox, b0, weight, progress, *, padding=8, lam=1e-2, p_out=30.0, tol=1e-4,
+         max_iter=300):
+    _check_nonnegative_int("padding", padding)
+    _check_positive("lam", lam)
+    _check_positive("p_out", p_out)
+    _check_positive("tol", tol, upper=1.0)
+    _check_positive("max_iter", max_iter, integer=True)
+    grid = _Grid(mask, [int(padding)] * 3)
+    mg = grid.crop(mask)
+    mf = mg.to(f.dtype)
+    fg = grid.crop(f) * mf
+    w2 = mf if weight is None else (grid.crop(weight) * mf) ** 2
+    w2 = w2 / w2[mg].mean()
+    precond = mf + float(p_out) * (1.0 - mf)
+    edges = _edge_weights(mg).to(f.dtype)
+    dip = DipoleOperator(grid.shape, vox, b0, padding=0, device=f.device)
+    grad = Gradient(vox)
+
+    def normal(y):
+        x = precond * y
+        data = precond * dip.adjoint(w2 * dip.forward(x))
+        return data + lam * mf * grad.adjoint(edges * grad.forward(mf * y))
+
+    y, it, ok, res = _cg(normal, precond * dip.adjoint(w2 * fg), tol=tol,
+                         max_iter=int(max_iter), progress=progress, desc="TFI")
+    outside = (1.0 - mf) * precond * y
+    local = grid.paste((fg - dip.forward(outside)) * mf)
+    params = {"padding": padding, "lam": lam, "p_out": p_out, "tol": tol, "max_iter": max_iter}
+    info = _info("tfi", params, mask, mask, it, ok, res, weighted=weight is not None)
+    return BackgroundResult(local, mask.clone(), info)
+
+
 # --------------------------------------------------------------------------------------------
 # LBV
 
@@ -437,6 +477,7 @@ _IMPLS: dict[str, Callable] = {
     "ismv": _ismv,
     "pdf": _pdf,
     "lbv": _lbv,
+    "tfi": _tfi,
 }
 
 
@@ -554,6 +595,7 @@ resharp = _public("resharp")
 ismv = _public("ismv")
 pdf = _public("pdf")
 lbv = _public("lbv")
+tfi = _public("tfi")
 
 METHODS: dict[str, Callable[..., BackgroundResult]] = {
     "vsharp": vsharp,
@@ -562,4 +604,5 @@ METHODS: dict[str, Callable[..., BackgroundResult]] = {
     "ismv": ismv,
     "pdf": pdf,
     "lbv": lbv,
+    "tfi": tfi,
 }
