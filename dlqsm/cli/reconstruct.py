@@ -28,7 +28,7 @@ __all__ = ["add_input_arguments", "add_stage_arguments", "add_run_arguments", "s
 # Static copies of the registries (checked against them by the tests) keep --help light.
 UNWRAP = ("romeo", "laplacian")
 ECHO_FIT = ("wls", "nonlinear")
-BFR = ("pdf", "vsharp", "sharp", "resharp", "ismv", "lbv")
+BFR = ("pdf", "vsharp", "sharp", "resharp", "ismv", "lbv", "tfi")
 METHODS = ("tv", "tkd", "tsvd", "tikhonov", "ilsqr", "medi", "ndi", "rts")
 
 EXAMPLES = """\
