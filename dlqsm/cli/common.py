@@ -87,3 +87,28 @@ def split_params(items) -> list[tuple[str | None, str, object, str]]:
                              fix="write e.g. --param alpha=0.001 or --param bfr.tol=0.01.")
         out.append((target, name, parse_value(value), item))
     return out
+
+
+def refuse_flags(arguments, *, command: str, allowed=(), keys: dict | None = None) -> None:
+    """Commands configured by Hydra take ``key=value`` overrides: a ``--flag`` that is not in
+    ``allowed`` is refused in one line that names the override to write instead
+    (``--max-epochs 1`` -> ``trainer.max_epochs=1`` with ``keys={"max_epochs": ...}``; other
+    flags -> their own name with dashes as underscores).
+
+    Raises:
+        InputError: for the first such flag.
+    """
+    from dlqsm.errors import InputError
+
+    arguments = list(arguments or [])
+    for i, arg in enumerate(arguments):
+        name, eq, value = arg.partition("=")
+        if not arg.startswith("-") or name in allowed:
+            continue
+        key = name.lstrip("-").replace("-", "_")
+        nxt = arguments[i + 1] if i + 1 < len(arguments) else ""
+        if not eq and nxt and "=" not in nxt and not nxt.startswith("-"):
+            value = nxt
+        raise InputError(f"dlqsm {command} takes Hydra overrides (key=value), not the flag "
+                         f"{name}.", fix=f"write {(keys or {}).get(key, key)}={value or 'VALUE'} "
+                         f"(dlqsm {command} --help lists the groups).")

@@ -52,7 +52,8 @@ def compose_config(overrides: list[str]):
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             return compose(config_name="simulate", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
-        raise InputError(f"invalid simulate overrides: {exc}",
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise InputError(f"invalid simulate overrides: {first}",
                          fix="use key=value (e.g. n_samples=10) and simulation=OPTION "
                              "(the files in configs/simulation).") from exc
 
@@ -83,6 +84,10 @@ def simulate_from_config(cfg) -> dict:
 
 def run(args) -> int:
     """Compose configs/simulate.yaml with ``args.overrides`` and write the dataset."""
-    cfg = compose_config(list(getattr(args, "overrides", []) or []))
+    from dlqsm.cli.common import refuse_flags
+
+    overrides = list(getattr(args, "overrides", []) or [])
+    refuse_flags(overrides, command="simulate")
+    cfg = compose_config(overrides)
     simulate_from_config(cfg)
     return 0

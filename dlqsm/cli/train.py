@@ -66,19 +66,11 @@ def check_overrides(overrides: list[str]) -> None:
     """
     import importlib.util
 
+    from dlqsm.cli.common import refuse_flags
     from dlqsm.errors import InputError
 
-    for i, arg in enumerate(overrides):
-        name, eq, value = arg.partition("=")
-        if arg.startswith("-") and name not in HYDRA_FLAGS:
-            key = name.lstrip("-").replace("-", "_")
-            if not eq and i + 1 < len(overrides) and "=" not in overrides[i + 1] \
-                    and not overrides[i + 1].startswith("-"):
-                value = overrides[i + 1]
-            raise InputError(
-                f"dlqsm train takes Hydra overrides (key=value), not the flag {name}.",
-                fix=f"write {FLAG_KEYS.get(key, key)}={value or 'VALUE'} (see dlqsm train "
-                "--cfg job for the keys).")
+    refuse_flags(overrides, command="train", allowed=HYDRA_FLAGS, keys=FLAG_KEYS)
+    for arg in overrides:
         for override, (module, package) in PLUGINS.items():
             if arg.replace(" ", "") == override:
                 try:

@@ -96,6 +96,14 @@ def test_train_answers_flags_with_the_override(capsys):
     assert "optimizer.lr=0.01" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, hint", [(["--n-samples", "3"], "write n_samples=3"),
+                                        (["n_samples=[oops"], "invalid simulate overrides")])
+def test_simulate_answers_in_one_line(capsys, argv, hint):
+    assert main(["simulate", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and hint in err and "Fix:" in err
+
+
 @pytest.mark.parametrize("override", ["hydra/launcher=slurm", "hparams_search=optuna"])
 def test_train_names_the_cluster_extra(monkeypatch, capsys, override):
     import importlib.util
