@@ -47,6 +47,13 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", help="model (default: the shipped default model)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument(
+        "--settings",
+        nargs="+",
+        metavar="METHOD:ITERS[:JSON]",
+        help="settings to evaluate instead of the defaults, e.g. none:0 "
+        "'l2:10:{\"lam\": 0.001}' tv:10",
+    )
     return p.parse_args(argv)
 
 
@@ -98,6 +105,12 @@ def main(argv=None) -> int:
     from dlqsm.inference import Predictor
     from dlqsm.inference.consistency import data_consistency
 
+    settings = SETTINGS
+    if args.settings:
+        settings = []
+        for item in args.settings:
+            method, iters, *rest = item.split(":", 2)
+            settings.append((method, int(iters), json.loads(rest[0]) if rest else {}))
     pred = Predictor(args.checkpoint, device="cpu")
     rows = []
     for name, kind, noise, f, m, ref, vox, b0 in _cases(args):
@@ -106,7 +119,7 @@ def main(argv=None) -> int:
         t_net = time.perf_counter() - t0
         chi = torch.as_tensor(out.chi)
         ft, mt = torch.as_tensor(np.asarray(f, np.float32)), torch.as_tensor(np.asarray(m))
-        for method, iters, params in SETTINGS:
+        for method, iters, params in settings:
             y, info = data_consistency(
                 chi,
                 ft * mt,
@@ -143,7 +156,7 @@ def main(argv=None) -> int:
 
         write_json_atomic(
             Path(args.out),
-            {"rows": rows, "settings": [list(s) for s in SETTINGS], "torch_threads": args.threads},
+            {"rows": rows, "settings": [list(s) for s in settings], "torch_threads": args.threads},
         )
     return 0
 

@@ -433,7 +433,7 @@ class BrainConfig:
     texture_mm: float | Sequence[float] = (1.5, 5.0)
     n_veins: int | Sequence[int] = (10, 40)
     lesion_prob: float = 0.4
-    padding: float = 0.25
+    padding_fraction: float = 0.25
     snr: float | Sequence[float] | None = (20.0, 100.0)
     n_echoes: int = 4
     first_te: float | Sequence[float] = (0.003, 0.006)
@@ -838,7 +838,7 @@ def simulate_brain(config: BrainConfig, generator: torch.Generator) -> tuple[dic
     labels = torch.where(mask & (labels == 0), LABELS["csf"], labels) * mask
     del chi_f, mask_f, inside
     vox, b0 = geom.vox, geom.b0
-    pad = tuple(int(n * cfg.padding) for n in geom.shape)
+    pad = tuple(int(n * cfg.padding_fraction) for n in geom.shape)
     te = echo_times(g, cfg.n_echoes, first_te=cfg.first_te, delta_te=cfg.delta_te)
     b0t = _choice(g, cfg.b0_tesla)
     snr = None if cfg.snr is None else uniform_scalar(g, cfg.snr)
@@ -931,7 +931,7 @@ class BrainDataset(SeededDataset):
         texture_ppm, texture_mm: amplitude and correlation length of GM / WM textures.
         n_veins: cortical vein trees per whole brain (scaled by the field of view).
         lesion_prob: share of samples with haemorrhages / calcifications.
-        padding: zero padding of the dipole convolution, fraction of the matrix per side.
+        padding_fraction: zero padding of the dipole convolution, fraction of the matrix per side.
         snr: mean M0 in the brain / complex noise std (number, range, or None: no noise);
             n_echoes, first_te, delta_te, b0_tesla: the multi-echo acquisition behind the
             echo-fit noise map (:func:`echo_fit_noise_ppm`).

@@ -168,7 +168,7 @@ def test_field_is_the_masked_dipole_field_of_the_masked_chi(atlas):
         voxel_size=(0.9, 1.3),
         max_tilt_deg=40.0,
         snr=None,
-        padding=0.5,
+        padding_fraction=0.5,
     )
     s = ds[0]
     m = s["mask"][0]
@@ -212,7 +212,7 @@ def test_noise_in_the_field_follows_the_noise_map(atlas):
 
 
 def test_background_option_leaves_a_realistic_local_field(atlas):
-    kw = dict(QUIET, fov_mm=(176, 208, 176), centre="brain", voxel_size=3.0, padding=0.5)
+    kw = dict(QUIET, fov_mm=(176, 208, 176), centre="brain", voxel_size=3.0, padding_fraction=0.5)
     exact = brains.BrainDataset(1, seed=8, **kw)[0]
     s, meta = brains.BrainDataset(1, seed=8, background="vsharp", **kw).sample_with_meta(0)
     m, m0 = s["mask"] > 0, exact["mask"] > 0
