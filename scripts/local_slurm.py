@@ -117,6 +117,8 @@ class LocalSlurm:
         line = node_line(find_program("slurmd"))
         self.node = line.split()[0].split("=", 1)[1]
         r = self.root
+        # cred_expire: a requeued job waits cred_expire + 1 s before it may start again (120 s
+        # by default); 30 s keeps the requeue tests short and still leaves steps time to launch.
         text = f"""# Written by dlqsm scripts/local_slurm.py: a one-node cluster in {r}
 ClusterName=dlqsm
 SlurmctldHost={self.node}(127.0.0.1)
@@ -126,7 +128,7 @@ SlurmUser={user}
 SlurmdUser={user}
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={self.socket}
+AuthInfo=socket={self.socket},cred_expire=30
 StateSaveLocation={r}/state
 SlurmdSpoolDir={r}/spool
 SlurmctldPidFile={r}/run/slurmctld.pid

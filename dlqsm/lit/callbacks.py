@@ -155,8 +155,8 @@ class SlurmRequeue(Callback):
     """Checkpoint at a step boundary and requeue the SLURM job when the scheduler asks for it.
 
     SLURM sends ``signum`` (default SIGUSR1) ``signal_delay_s`` before the time limit (sbatch
-    ``--signal=USR1@120``; ``hydra/launcher=slurm`` sets it). The handler only sets a flag; after
-    the current optimizer step every rank agrees on it (one all-reduce per step when there are
+    ``--signal=USR1@120``; ``hydra/launcher=slurm`` sets it). The handler only sets a flag; before
+    the next training step every rank agrees on it (one all-reduce per step when there are
     several ranks), all write ``hpc_ckpt_N.ckpt`` in ``trainer.default_root_dir`` together, rank 0
     runs ``scontrol requeue``, and the job ends with :class:`JobRequeued`. SIGTERM (preemption,
     ``scontrol requeue`` from outside, ``scancel``) makes Lightning stop after the current step;
@@ -200,7 +200,8 @@ class SlurmRequeue(Callback):
         log.info("Saved %s at global step %d", path, trainer.global_step)
         return path
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # here, not at batch end: the previous step is complete and its metrics are logged
         if not self._agreed(trainer, pl_module):
             return
         self.save(trainer)
@@ -213,6 +214,7 @@ class SlurmRequeue(Callback):
             torch.distributed.broadcast(flag, src=0)
             ok = bool(flag.item() > 0)
         if ok:
+            flush_loggers(trainer)
             raise JobRequeued(0)
         log.warning("Job not requeued: training continues until the time limit; resume by "
                     "submitting again with the same run folder.")
@@ -221,6 +223,13 @@ class SlurmRequeue(Callback):
         # Lightning raises SIGTERMException between training steps on every rank together
         if type(exception).__name__ == "SIGTERMException" and trainer.training:
             self.save(trainer)
+            flush_loggers(trainer)
+
+
+def flush_loggers(trainer) -> None:
+    """Write what the loggers hold (the CSV logger buffers rows) before the process ends."""
+    for lg in trainer.loggers:
+        lg.save()
 
 
 def requeue(job_id: str | None) -> bool:

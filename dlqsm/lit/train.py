@@ -51,20 +51,19 @@ def instantiate_group(group: DictConfig | None) -> list:
 def resolve_ckpt_path(ckpt_path, trainer: L.Trainer) -> str | None:
     """``ckpt_path`` override -> a checkpoint file (or None to start from scratch).
 
-    ``null``: fresh start; ``last``: ``last.ckpt`` of this run's checkpoint folder when present
-    (a fresh start, with a warning, when not); a run folder: its ``checkpoints/last.ckpt``;
-    otherwise a checkpoint file, which must exist.
+    ``null``: fresh start; ``last``: the newest of this run's ``last.ckpt`` and SLURM
+    ``hpc_ckpt_N.ckpt`` (:func:`newest_checkpoint`; a fresh start, with a warning, when none);
+    a run folder: its ``checkpoints/last.ckpt``; otherwise a checkpoint file, which must exist.
     """
     if ckpt_path in (None, "", "null"):
         return None
     if ckpt_path == "last":
-        cb = trainer.checkpoint_callback
-        last = Path(cb.dirpath) / "last.ckpt" if cb is not None and cb.dirpath else None
-        if last is not None and last.is_file():
+        last = newest_checkpoint(trainer)
+        if last is not None:
             log.info("Resuming from %s", last)
             return str(last)
         log.warning("ckpt_path=last but no last.ckpt in %s: starting from scratch",
-                    getattr(cb, "dirpath", None))
+                    getattr(trainer.checkpoint_callback, "dirpath", None))
         return None
     p = Path(ckpt_path)
     if p.is_dir():
@@ -78,25 +77,30 @@ def resolve_ckpt_path(ckpt_path, trainer: L.Trainer) -> str | None:
     return str(p)
 
 
-def slurm_resume_path(trainer: L.Trainer) -> str | None:
-    """The checkpoint a requeued SLURM job resumes from, or None outside one.
-
-    A job that SLURM restarted (``SLURM_RESTART_COUNT`` >= 1: requeued after the time-limit
-    signal, preemption, ``scontrol requeue`` or a node failure) continues from the newest of
-    its run folder's ``hpc_ckpt_N.ckpt`` (written by :class:`dlqsm.lit.callbacks.SlurmRequeue`)
-    and ``checkpoints/last.ckpt``.
-    """
-    if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) < 1:
-        return None
+def newest_checkpoint(trainer: L.Trainer) -> Path | None:
+    """The newer of this run's ``checkpoints/last.ckpt`` and its latest ``hpc_ckpt_N.ckpt``
+    (written on SLURM's time-limit signal or SIGTERM by :class:`SlurmRequeue`), or None."""
     cands = hpc_checkpoints(trainer.default_root_dir)[-1:]
     cb = trainer.checkpoint_callback
     if cb is not None and cb.dirpath and (Path(cb.dirpath) / "last.ckpt").is_file():
         cands.append(Path(cb.dirpath) / "last.ckpt")
-    if not cands:
+    return max(cands, key=lambda p: p.stat().st_mtime) if cands else None
+
+
+def slurm_resume_path(trainer: L.Trainer) -> str | None:
+    """The checkpoint a requeued SLURM job resumes from, or None outside one.
+
+    A job that SLURM restarted (``SLURM_RESTART_COUNT`` >= 1: requeued after the time-limit
+    signal, preemption, ``scontrol requeue`` or a node failure) continues from
+    :func:`newest_checkpoint`.
+    """
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) < 1:
+        return None
+    newest = newest_checkpoint(trainer)
+    if newest is None:
         log.warning("Requeued SLURM job without a checkpoint in %s: starting from scratch",
                     trainer.default_root_dir)
         return None
-    newest = max(cands, key=lambda p: p.stat().st_mtime)
     log.info("Requeued SLURM job (restart %s): resuming from %s",
              os.environ["SLURM_RESTART_COUNT"], newest)
     return str(newest)
