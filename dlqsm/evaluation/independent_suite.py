@@ -338,6 +338,7 @@ def run_suite(out, *, size: str = "full", specs=None, methods=METHODS, real_data
     from dlqsm.io.outputs import OutputDir, software_versions
 
     require_eval_extra()
+    rev = git_revision()  # of the code that runs (imports happen now, edits later do not count)
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise InputError(f"unknown suite methods {bad}.", fix=f"use {', '.join(METHODS)}.")
@@ -358,7 +359,6 @@ def run_suite(out, *, size: str = "full", specs=None, methods=METHODS, real_data
         rows, roi_rows, notes = rows + r, roi_rows + rr, notes + n
         r, n = multiecho_rows(real / "multiecho_small", runs, device=device, progress=progress)
         rows, notes = rows + r, notes + n
-    rev = git_revision()
     files = [write_text_atomic(outdir.path / "results.csv", to_csv(rows)),
              write_text_atomic(outdir.path / "roi_means.csv", to_csv(roi_rows)),
              write_text_atomic(outdir.path / "summary.md",
