@@ -24,18 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from local_slurm import LocalSlurm
+from local_slurm import CPU_LAUNCHER, TINY_TRAINING, LocalSlurm
 
 from dlqsm.benchmarking import hardware, report
 
-TINY = ["simulation=deepqsm", "simulation.shape=[32,32,32]", "data.num_workers=0",
-        "data.batch_size=2", "data.train_dataset.length=4", "data.val_dataset.length=2",
-        "model.backbone.channels=[4,8]", "model.backbone.strides=[2]",
-        "model.backbone.num_res_units=0", "model.pad_multiple=2", "logger=csv",
-        "callbacks=minimal", "trainer.enable_progress_bar=false", "trainer.max_epochs=1",
-        "trainer.num_sanity_val_steps=0", "cpu_threads=1"]
-LAUNCHER = ["hydra/launcher=slurm_cpu", "hydra.launcher.cpus_per_task=1",
-            "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=15"]
+TINY = [*TINY_TRAINING, "trainer.max_epochs=1"]
 
 
 def timed(cmd: list[str], env: dict, cwd: Path) -> float:
@@ -62,10 +55,16 @@ def main(argv: list[str] | None = None) -> int:
             direct, slurm = [], []
             for i in range(a.repeats):
                 direct.append(timed([*dlqsm, *TINY, f"hydra.run.dir={tmp}/direct{i}"], env, tmp))
-                slurm.append(timed([*dlqsm, "-m", *LAUNCHER, *TINY,
-                                    f"hydra.sweep.dir={tmp}/slurm{i}"], env, tmp))
+                slurm.append(
+                    timed(
+                        [*dlqsm, "-m", *CPU_LAUNCHER, *TINY, f"hydra.sweep.dir={tmp}/slurm{i}"],
+                        env,
+                        tmp,
+                    )
+                )
     d, s = statistics.median(direct), statistics.median(slurm)
-    report(f"""Tiny training (32^3 U-Net, 2 steps, 1 validation batch, CPU, 1 thread), wall time
+    report(
+        f"""Tiny training (32^3 U-Net, 2 steps, 1 validation batch, CPU, 1 thread), wall time
 of the whole command, median of {a.repeats}; {hardware()}.
 
 | path | median s | runs (s) |
@@ -75,7 +74,9 @@ of the whole command, median of {a.repeats}; {hardware()}.
 | overhead of the scheduler path | {s - d:.1f} | |
 
 Local cluster start-up (munged, slurmctld, slurmd, node idle): {up:.1f} s.
-""", a.out)
+""",
+        a.out,
+    )
     return 0
 
 

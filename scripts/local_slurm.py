@@ -33,6 +33,32 @@ DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "squeue", "scontrol", "scancel", "sinfo")
 SEARCH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
 PARTITION = "debug"
+# A seconds-long CPU training (32^3 DeepQSM-style volumes, a small U-Net, CSV logs, checkpoints
+# and metadata only, one thread) and launcher settings that let two such jobs share a 2-CPU
+# node: what tests/slurm and scripts/benchmark_slurm.py submit with `dlqsm train -m`.
+TINY_TRAINING = [
+    "simulation=deepqsm",
+    "simulation.shape=[32,32,32]",
+    "data.num_workers=0",
+    "data.batch_size=2",
+    "data.train_dataset.length=4",
+    "data.val_dataset.length=2",
+    "model.backbone.channels=[4,8]",
+    "model.backbone.strides=[2]",
+    "model.backbone.num_res_units=0",
+    "model.pad_multiple=2",
+    "logger=csv",
+    "callbacks=minimal",
+    "trainer.enable_progress_bar=false",
+    "trainer.num_sanity_val_steps=0",
+    "cpu_threads=1",
+]
+CPU_LAUNCHER = [
+    "hydra/launcher=slurm_cpu",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    "hydra.launcher.timeout_min=15",
+]
 
 
 class SlurmError(RuntimeError):
@@ -48,8 +74,10 @@ def unavailable_reason() -> str | None:
     """Why a local cluster cannot be started here (missing programs), or None when it can."""
     missing = [p for p in DAEMONS + CLIENTS if find_program(p) is None]
     if missing:
-        return (f"SLURM/MUNGE programs not found: {', '.join(missing)} "
-                "(Debian/Ubuntu: apt-get install slurm-wlm munge)")
+        return (
+            f"SLURM/MUNGE programs not found: {', '.join(missing)} "
+            "(Debian/Ubuntu: apt-get install slurm-wlm munge)"
+        )
     return None
 
 
@@ -100,8 +128,10 @@ class LocalSlurm:
             os.chmod(self.root / sub, 0o700)  # munged refuses group/other-writable folders
         os.chmod(self.root, 0o755)
         if len(str(self.socket)) > 100:
-            raise SlurmError(f"folder path too long for a unix socket: {self.root} "
-                             "(choose a shorter folder, e.g. /tmp/dlqsm-slurm)")
+            raise SlurmError(
+                f"folder path too long for a unix socket: {self.root} "
+                "(choose a shorter folder, e.g. /tmp/dlqsm-slurm)"
+            )
 
     def _munge_key(self) -> Path:
         key = self.root / "munge" / "munge.key"
@@ -156,16 +186,23 @@ PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = open(self.root / "log" / f"{name}.console", "ab")  # noqa: SIM115 (child keeps it)
-        proc = subprocess.Popen([find_program(name), *args], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, env=self.env)
+        proc = subprocess.Popen(
+            [find_program(name), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=self.env,
+        )
         log.close()
         self._procs[name] = proc
         self.pids[name] = proc.pid
         self._save()
 
     def _save(self) -> None:
-        (self.root / "cluster.json").write_text(json.dumps(
-            {"pids": self.pids, "conf": str(self.conf), "node": self.node}, indent=1))
+        (self.root / "cluster.json").write_text(
+            json.dumps({"pids": self.pids, "conf": str(self.conf), "node": self.node}, indent=1)
+        )
 
     def _check_alive(self, name: str) -> None:
         proc = self._procs.get(name)
@@ -182,8 +219,13 @@ PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
     def run(self, *args: str, check: bool = True, timeout: float = 30) -> str:
         """Run a SLURM client (``squeue``, ``scontrol`` ...) against this cluster; its stdout."""
-        res = subprocess.run([find_program(args[0]), *args[1:]], capture_output=True, text=True,
-                             env=self.env, timeout=timeout)
+        res = subprocess.run(
+            [find_program(args[0]), *args[1:]],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+        )
         if check and res.returncode:
             raise SlurmError(f"{' '.join(args)} failed ({res.returncode}): {res.stderr.strip()}")
         return res.stdout
@@ -202,15 +244,26 @@ PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         try:
             key = self._munge_key()
             m = self.root / "munge"
-            self._spawn("munged", ["--foreground", "--force", f"--socket={self.socket}",
-                                   f"--key-file={key}", f"--pid-file={m}/munged.pid",
-                                   f"--log-file={self.root}/log/munged.log",
-                                   f"--seed-file={m}/munged.seed"])
+            self._spawn(
+                "munged",
+                [
+                    "--foreground",
+                    "--force",
+                    f"--socket={self.socket}",
+                    f"--key-file={key}",
+                    f"--pid-file={m}/munged.pid",
+                    f"--log-file={self.root}/log/munged.log",
+                    f"--seed-file={m}/munged.seed",
+                ],
+            )
             self._wait(lambda: self.socket.exists(), "munged", timeout)
             self.write_conf()
             self._spawn("slurmctld", ["-D", "-i", "-f", str(self.conf)])
-            self._wait(lambda: self.run("scontrol", "ping", check=False).count("UP") > 0,
-                       "slurmctld", timeout)
+            self._wait(
+                lambda: self.run("scontrol", "ping", check=False).count("UP") > 0,
+                "slurmctld",
+                timeout,
+            )
             self._spawn("slurmd", ["-D", "-f", str(self.conf), "-N", self.node])
             self._wait(self.node_idle, "slurmd", timeout)
         except BaseException:

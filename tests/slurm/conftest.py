@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def load_local_slurm():
     """scripts/local_slurm.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("dlqsm_local_slurm",
-                                                  ROOT / "scripts" / "local_slurm.py")
+    spec = importlib.util.spec_from_file_location(
+        "dlqsm_local_slurm", ROOT / "scripts" / "local_slurm.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
@@ -29,8 +30,11 @@ def load_local_slurm():
 def unavailable(reason: str) -> None:
     """Fail under CI, skip elsewhere: SLURM tests never pass silently in CI."""
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"SLURM tests cannot run: {reason}. CI installs slurm-wlm and munge "
-                    "(.ci/run); run it as root.", pytrace=False)
+        pytest.fail(
+            f"SLURM tests cannot run: {reason}. CI installs slurm-wlm and munge "
+            "(.ci/run); run it as root.",
+            pytrace=False,
+        )
     pytest.skip(f"no local SLURM: {reason}")
 
 

@@ -26,8 +26,13 @@ def launcher(*overrides):
 
 
 def test_slurm_launcher_resolves_and_sends_the_requeue_signal():
-    gpu = launcher("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
-                   "trainer.num_nodes=2", "hydra.launcher.signal_delay_s=300")
+    gpu = launcher(
+        "hydra/launcher=slurm",
+        "trainer=ddp",
+        "trainer.devices=4",
+        "trainer.num_nodes=2",
+        "hydra.launcher.signal_delay_s=300",
+    )
     assert (gpu["nodes"], gpu["tasks_per_node"], gpu["gpus_per_node"]) == (2, 4, 4)
     assert gpu["additional_parameters"]["signal"] == "USR1@300"  # SlurmRequeue's signal
     assert gpu["submitit_folder"].startswith("./logs/train/multiruns/")
@@ -43,7 +48,10 @@ def test_hpc_checkpoints_in_numeric_order(tmp_path):
         (tmp_path / f"hpc_ckpt_{n}.ckpt").write_bytes(b"")
     (tmp_path / "hpc_ckpt_x.ckpt").write_bytes(b"")
     assert [p.name for p in hpc_checkpoints(tmp_path)] == [
-        "hpc_ckpt_1.ckpt", "hpc_ckpt_9.ckpt", "hpc_ckpt_10.ckpt"]
+        "hpc_ckpt_1.ckpt",
+        "hpc_ckpt_9.ckpt",
+        "hpc_ckpt_10.ckpt",
+    ]
     assert hpc_checkpoints(tmp_path / "missing") == []
 
 
@@ -59,8 +67,9 @@ def test_requeued_job_resumes_from_the_newest_checkpoint(tmp_path, monkeypatch):
     hpc.write_bytes(b"")
     now = time.time()
     os.utime(last, (now - 60, now - 60))
-    trainer = SimpleNamespace(default_root_dir=str(tmp_path),
-                              checkpoint_callback=SimpleNamespace(dirpath=str(ckpts)))
+    trainer = SimpleNamespace(
+        default_root_dir=str(tmp_path), checkpoint_callback=SimpleNamespace(dirpath=str(ckpts))
+    )
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     assert slurm_resume_path(trainer) is None  # a first start never resumes by itself
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")

@@ -22,19 +22,13 @@ from hydra.core.global_hydra import GlobalHydra
 
 from dlqsm.lit.train import train
 from tests.lit.helpers import compose_train
+from tests.slurm.conftest import load_local_slurm
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-# 32^3 DeepQSM-style volumes, a small U-Net, CSV logs, checkpoints + metadata only, 1 thread.
-TINY = ["simulation=deepqsm", "simulation.shape=[32,32,32]", "data.num_workers=0",
-        "data.batch_size=2", "data.train_dataset.length=4", "data.val_dataset.length=2",
-        "model.backbone.channels=[4,8]", "model.backbone.strides=[2]",
-        "model.backbone.num_res_units=0", "model.pad_multiple=2", "logger=csv",
-        "callbacks=minimal", "trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0",
-        "trainer.log_every_n_steps=1", "cpu_threads=1", "optimized_metric=val/nrmse"]
-# one CPU and 1 GB per task, so that two jobs share the 2-CPU node
-LAUNCHER = ["hydra/launcher=slurm_cpu", "hydra.launcher.cpus_per_task=1",
-            "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=15"]
+local_slurm = load_local_slurm()
+TINY = [*local_slurm.TINY_TRAINING, "trainer.log_every_n_steps=1", "optimized_metric=val/nrmse"]
+LAUNCHER = local_slurm.CPU_LAUNCHER
 
 
 def train_cmd(*overrides: str) -> list[str]:
@@ -56,14 +50,18 @@ def run_train(cluster, cwd: Path, *overrides: str, timeout: float = 240) -> str:
     """Run a multirun to completion in ``cwd``; its output, or a failure with the job logs."""
     env = {**cluster.env, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
     try:
-        res = subprocess.run(train_cmd(*overrides), cwd=cwd, env=env, capture_output=True,
-                             text=True, timeout=timeout)
+        res = subprocess.run(
+            train_cmd(*overrides), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired as e:
-        pytest.fail(f"dlqsm train -m timed out after {timeout} s; squeue: "
-                    f"{cluster.run('squeue', check=False)}\n{job_logs(cwd)}\n{e.stderr}")
+        pytest.fail(
+            f"dlqsm train -m timed out after {timeout} s; squeue: "
+            f"{cluster.run('squeue', check=False)}\n{job_logs(cwd)}\n{e.stderr}"
+        )
     if res.returncode:
-        pytest.fail(f"dlqsm train -m failed ({res.returncode}):\n{res.stderr[-3000:]}\n"
-                    f"{job_logs(cwd)}")
+        pytest.fail(
+            f"dlqsm train -m failed ({res.returncode}):\n{res.stderr[-3000:]}\n{job_logs(cwd)}"
+        )
     return res.stdout + res.stderr
 
 
@@ -76,8 +74,9 @@ def one_dir(pattern: str, cwd: Path) -> Path:
 def read_metrics(run: Path) -> list[dict]:
     """Rows of every ``csv/version_*/metrics.csv`` of a run folder (versions in order)."""
     rows = []
-    for f in sorted((run / "csv").glob("version_*/metrics.csv"),
-                    key=lambda p: int(p.parent.name.split("_")[1])):
+    for f in sorted(
+        (run / "csv").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1])
+    ):
         with open(f, newline="") as fh:
             rows += [dict(r, version=f.parent.name) for r in csv.DictReader(fh)]
     return rows
@@ -108,17 +107,20 @@ def task_results(sweep: Path) -> dict[str, list]:
 def test_sweep_of_two_jobs(slurm_cluster, tmp_path):
     """Two learning rates, two SLURM jobs (one array): both finish with checkpoints, metadata
     and metrics in logs/train/multiruns/<date>/<n>/, scheduler logs in .submitit/."""
-    run_train(slurm_cluster, tmp_path, *LAUNCHER, *TINY, "trainer.max_epochs=1",
-              "optimizer.lr=1e-3,3e-4")
+    run_train(
+        slurm_cluster, tmp_path, *LAUNCHER, *TINY, "trainer.max_epochs=1", "optimizer.lr=1e-3,3e-4"
+    )
     sweep = one_dir("logs/train/multiruns/*", tmp_path)
     lrs = set()
     for n in (0, 1):
         run = sweep / str(n)
         ckpt = load_ckpt(run / "checkpoints" / "last.ckpt")
         assert ckpt["global_step"] == 2  # 4 samples / batch 2, 1 epoch
-        lrs.add(ckpt["optimizer_states"][0]["param_groups"][0]["initial_lr"]
-                if "initial_lr" in ckpt["optimizer_states"][0]["param_groups"][0]
-                else ckpt["optimizer_states"][0]["param_groups"][0]["lr"])
+        lrs.add(
+            ckpt["optimizer_states"][0]["param_groups"][0]["initial_lr"]
+            if "initial_lr" in ckpt["optimizer_states"][0]["param_groups"][0]
+            else ckpt["optimizer_states"][0]["param_groups"][0]["lr"]
+        )
         assert (run / "checkpoints" / "best.ckpt").is_file()
         meta = json.loads((run / "checkpoints" / "metadata.json").read_text())
         assert meta
@@ -138,10 +140,24 @@ def test_ddp_two_tasks_match_one_process(slurm_cluster, tmp_path):
     whatever the order. Both ranks report the same val/nrmse, equal to that of a single process
     (here, in the test process) to 1e-6 relative: only float summation orders differ.
     """
-    same = [*TINY, "data.train_dataset.length=2", "model.backbone.norm=instance",
-            "loss.masked=false", "trainer.max_epochs=3", "seed=3", "optimizer.lr=1e-2"]
-    run_train(slurm_cluster, tmp_path, *LAUNCHER, *same, "trainer=ddp_cpu", "data.batch_size=1",
-              "hydra.sweep.dir=sweep")
+    same = [
+        *TINY,
+        "data.train_dataset.length=2",
+        "model.backbone.norm=instance",
+        "loss.masked=false",
+        "trainer.max_epochs=3",
+        "seed=3",
+        "optimizer.lr=1e-2",
+    ]
+    run_train(
+        slurm_cluster,
+        tmp_path,
+        *LAUNCHER,
+        *same,
+        "trainer=ddp_cpu",
+        "data.batch_size=1",
+        "hydra.sweep.dir=sweep",
+    )
     sweep = tmp_path / "sweep"
     (ranks,) = task_results(sweep).values()
     assert len(ranks) == 2, f"expected 2 tasks, got {ranks}"
@@ -163,8 +179,10 @@ def wait_for(predicate, what: str, timeout: float, proc=None, where: Path | None
         if predicate():
             return
         if proc is not None and proc.poll() is not None:
-            pytest.fail(f"driver ended ({proc.returncode}) before {what}: "
-                        f"{proc.stderr.read()[-2000:]}\n{job_logs(where)}")
+            pytest.fail(
+                f"driver ended ({proc.returncode}) before {what}: "
+                f"{proc.stderr.read()[-2000:]}\n{job_logs(where)}"
+            )
         time.sleep(0.2)
     pytest.fail(f"timed out waiting for {what}\n{job_logs(where) if where else ''}")
 
@@ -180,14 +198,29 @@ def test_requeued_job_resumes(slurm_cluster, tmp_path, how):
     epochs, steps = 6, 2
     env = {**slurm_cluster.env, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        train_cmd(*LAUNCHER, *TINY, f"trainer.max_epochs={epochs}", "optimizer.lr=1e-3",
-                  "hydra.sweep.dir=sweep"),
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        train_cmd(
+            *LAUNCHER,
+            *TINY,
+            f"trainer.max_epochs={epochs}",
+            "optimizer.lr=1e-3",
+            "hydra.sweep.dir=sweep",
+        ),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     run = tmp_path / "sweep" / "0"
     try:
         # mid-training: after the first epoch's checkpoint
-        wait_for(lambda: (run / "checkpoints" / "last.ckpt").is_file(), "the first checkpoint",
-                 180, proc, tmp_path)
+        wait_for(
+            lambda: (run / "checkpoints" / "last.ckpt").is_file(),
+            "the first checkpoint",
+            180,
+            proc,
+            tmp_path,
+        )
         job = slurm_cluster.jobs()[0]
         if how == "scontrol requeue":
             slurm_cluster.run("scontrol", "requeue", job)
@@ -220,9 +253,18 @@ def test_requeued_job_resumes(slurm_cluster, tmp_path, how):
 def test_optuna_search_through_slurm(slurm_cluster, tmp_path):
     """hparams_search=optuna with the SLURM launcher: 2 trials run as SLURM jobs and the
     sweeper records the best of the values they returned."""
-    out = run_train(slurm_cluster, tmp_path, *LAUNCHER, *TINY, "hparams_search=optuna",
-                    "trainer.max_epochs=1", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
-                    "hydra.sweep.dir=sweep", "data.train_dataset.length=8")
+    out = run_train(
+        slurm_cluster,
+        tmp_path,
+        *LAUNCHER,
+        *TINY,
+        "hparams_search=optuna",
+        "trainer.max_epochs=1",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweep.dir=sweep",
+        "data.train_dataset.length=8",
+    )
     sweep = tmp_path / "sweep"
     values = [v[0] for v in task_results(sweep).values()]
     assert len(values) == 2 and all(math.isfinite(v) for v in values), out
