@@ -250,7 +250,7 @@ def test_real_data_rows_on_small_stand_ins(tmp_path):
         save_nifti(ch / name, vol, aff)
     rows, rois, notes = invivo_rows(ch, tmp_path / "runs", progress=False)
     assert [r["method"] for r in rows] == ["local-tv", "infer-local"]
-    assert all(r["status"] == "ok" and r["nrmse"] < 100 for r in rows), rows
+    assert all(r["status"] == "ok" and r["nrmse"] < 45 for r in rows), rows  # 28, 24 %
     assert rois and "No method was tuned" in notes[0]
     me = tmp_path / "multiecho_small"
     save_nifti(me / "phase.nii.gz", case.phase.permute(1, 2, 3, 0) * (0.0037 / np.pi), aff)
@@ -258,7 +258,8 @@ def test_real_data_rows_on_small_stand_ins(tmp_path):
     (me / "params.json").write_text(json.dumps({"TE": list(te), "B0": None}))
     (row,), _ = multiecho_rows(me, tmp_path / "runs", progress=False)
     assert row["status"] == "ok", row
-    assert row["echo_residual_median_rad"] < 0.2 and row["echo_residual_gt_half_pi"] < 0.05
+    # measured 0.016 rad and no voxel above pi/2
+    assert row["echo_residual_median_rad"] < 0.05 and row["echo_residual_gt_half_pi"] < 0.01
     assert invivo_rows(tmp_path / "nothing", tmp_path / "runs")[2][0].startswith(
         "in vivo 2016 skipped")
     assert multiecho_rows(tmp_path / "nothing", tmp_path / "runs")[1][0].startswith(
