@@ -31,6 +31,7 @@ __all__ = [
     "close_mask",
     "dilate_mask",
     "erode_mask",
+    "field_step_mask",
     "fill_holes",
     "gaussian_smooth",
     "largest_component",
@@ -242,6 +243,47 @@ def phase_quality_mask(mask: torch.Tensor, *, quality: torch.Tensor | None = Non
         out = fill_holes(out) & mask
     return require_nonempty(out, "the phase-quality mask",
                             fix="lower the quality threshold or check the phase data.")
+
+
+def field_step_mask(field: torch.Tensor, mask: torch.Tensor, max_step: float, *,
+                    dilate: bool = True) -> torch.Tensor:
+    """Voxels of ``mask`` whose field jumps to a 6-neighbour by more than ``max_step``.
+
+    A field map is unreliable where it changes fast between voxels: next to air and bone the
+    phase of the later echoes aliases between neighbours (and in a real scan the magnitude
+    dephases), so spatial unwrapping can settle on the wrong multiple of 2 pi, and the field
+    there is at best partly modelled by any background removal. The returned voxels (with
+    their 6-neighbours if ``dilate``, since a jump involves both sides) should be given zero
+    weight in the data terms while staying in the output mask (chi there comes from the
+    regulariser; QSM-CI scores dropped voxels as 0).
+
+    Args:
+        field: (X, Y, Z) field (ppm, or any unit of ``max_step``).
+        mask: (X, Y, Z) bool; only pairs of neighbours both inside it are compared.
+        max_step: largest trusted difference between 6-neighbours (same unit as ``field``).
+        dilate: also flag the 6-neighbours (inside ``mask``) of flagged voxels.
+
+    Returns:
+        bool (X, Y, Z), a subset of ``mask`` (the unreliable voxels).
+    """
+    m = mask.bool()
+    f = torch.where(m, field.float(), torch.zeros((), device=field.device))
+    bad = torch.zeros_like(m)
+    for dim in range(3):
+        n = f.shape[dim]
+        a, b = f.narrow(dim, 0, n - 1), f.narrow(dim, 1, n - 1)
+        both = m.narrow(dim, 0, n - 1) & m.narrow(dim, 1, n - 1)
+        jump = both & ((a - b).abs() > max_step)
+        bad.narrow(dim, 0, n - 1).logical_or_(jump)
+        bad.narrow(dim, 1, n - 1).logical_or_(jump)
+    if dilate:
+        grown = bad.clone()
+        for dim in range(3):
+            n = bad.shape[dim]
+            grown.narrow(dim, 0, n - 1).logical_or_(bad.narrow(dim, 1, n - 1))
+            grown.narrow(dim, 1, n - 1).logical_or_(bad.narrow(dim, 0, n - 1))
+        bad = grown
+    return bad & m
 
 
 def require_nonempty(mask: torch.Tensor, what: str = "the mask", *, path=None,

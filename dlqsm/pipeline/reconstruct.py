@@ -45,6 +45,10 @@ DEFAULT_BFR = background.DEFAULT_METHOD
 DEFAULT_METHOD = "tv"
 DEFAULT_MASK_EROSION_MM = 0.0
 _CLOSED_FORMS = ("tkd", "tsvd", "tikhonov")
+MAX_FIELD_STEP_RAD = 1.0
+"""Largest trusted field step between 6-neighbours, in rad of phase at the first echo (raw
+input): steeper voxels (and their neighbours) get zero data weight but stay in the mask
+(:func:`dlqsm.pipeline.masking.field_step_mask`). None turns the check off."""
 
 
 @dataclass
@@ -90,7 +94,7 @@ def _kwonly_defaults(fn, exclude=()) -> dict:
 def _stage_defaults(stage: str, method: str | None) -> dict:
     if stage == "mask":
         out = _kwonly_defaults(masking.brain_mask)
-        out.update(quality=True, quality_threshold=None)
+        out.update(quality=True, quality_threshold=None, max_field_step=MAX_FIELD_STEP_RAD)
         return out
     if stage == "unwrap":
         return _kwonly_defaults(unwrap.unwrap_multi_echo, exclude=("method", "voxel_size"))
@@ -358,6 +362,7 @@ class _State:
             if not self.user_mask:
                 self._quality_mask(fit.get("residual"))
         self.weight = _noise_weight(self.noise, self.mask)
+        self._field_step_weight()
 
     def _brain_mask(self, mag) -> None:
         if self.user_mask:
@@ -368,7 +373,8 @@ class _State:
                              path=self.scan.sources.get("phase"),
                              fix="give --mask or the magnitude images.")
         kw = {k: v for k, v in self.params["mask"].items()
-              if k not in ("method", "quality", "quality_threshold", "erosion_mm")}
+              if k not in ("method", "quality", "quality_threshold", "erosion_mm",
+                           "max_field_step")}
         self.mask = masking.brain_mask(mag, self.vox, **kw)
         self.info["mask"] = {"source": "magnitude", "voxels": int(self.mask.sum())}
 
@@ -384,6 +390,24 @@ class _State:
                 fix="use a smaller --mask-erosion.")
         self.info["mask"].update(final_voxels=int(self.mask.sum()),
                                  erosion_mm=self.erosion_mm, quality=bool(p["quality"]))
+
+    def _field_step_weight(self) -> None:
+        """Zero the data weight where the field jumps between neighbours (see
+        :data:`MAX_FIELD_STEP_RAD`); the voxels stay in the mask."""
+        step = self.params["mask"].get("max_field_step")
+        if step is None or self.weight is None:
+            return
+        if not (isinstance(step, (int, float)) and step > 0):
+            raise InputError(f"mask.max_field_step must be a positive number of rad or None, "
+                             f"got {step!r}.")
+        te1 = float(np.min(self.scan.te))
+        step_ppm = float(step) / (2 * math.pi * GAMMA_HZ_PER_T * self.scan.b0_tesla * te1 * 1e-6)
+        bad = masking.field_step_mask(self.total_field, self.mask, step_ppm)
+        n_bad = int(bad.sum())
+        self.info["mask"].update(field_step_ppm=step_ppm, unreliable_voxels=n_bad)
+        if n_bad and n_bad < int(self.mask.sum()):
+            w = torch.where(bad, torch.zeros_like(self.weight), self.weight)
+            self.weight = w / w[self.mask].mean()
 
     # -- background removal ----------------------------------------------------------------
     def background(self) -> None:

@@ -161,3 +161,28 @@ def test_gaussian_smooth_matches_scipy():
     np.testing.assert_allclose(out.numpy(), ref, atol=1e-3)
     z = gaussian_smooth(torch.polar(torch.ones(8, 8, 8), torch.full((8, 8, 8), 1.0)), 1.0)
     assert torch.allclose(torch.angle(z), torch.tensor(1.0), atol=1e-5)
+
+
+def test_field_step_mask_flags_jumps_and_neighbours():
+    from dlqsm.pipeline.masking import field_step_mask
+
+    mask = torch.zeros(12, 12, 12, dtype=torch.bool)
+    mask[2:10, 2:10, 2:10] = True
+    x = torch.arange(12.0)[:, None, None].expand(12, 12, 12)
+    field = 0.1 * x  # a smooth ramp: 0.1 per voxel, below the limit
+    field = field.clone()
+    field[5, 5, 5] += 2.0  # an unwrapping-like error in one voxel
+    field[0, 0, 0] = 50.0  # outside the mask: never compared
+    bad = field_step_mask(field, mask, 0.5, dilate=False)
+    expected = torch.zeros_like(mask)
+    expected[5, 5, 5] = True
+    for d in range(3):
+        for s in (-1, 1):
+            idx = [5, 5, 5]
+            idx[d] += s
+            expected[tuple(idx)] = True
+    assert torch.equal(bad, expected)
+    grown = field_step_mask(field, mask, 0.5)
+    assert int(grown.sum()) == 25 and bool((grown & ~mask).sum() == 0)
+    assert not field_step_mask(field, mask, 3.0).any()
+    assert field_step_mask(field, mask, 0.05).sum() == mask.sum()  # the ramp itself is too steep

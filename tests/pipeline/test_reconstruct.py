@@ -162,6 +162,31 @@ def test_oblique_equals_axial(axial, axial_lbv):
     assert s_wrong > s_obl + 10.0, (s_obl, s_wrong)
 
 
+@pytest.mark.slow
+def test_field_steps_get_zero_weight(axial):
+    """A consistent 1 ppm field error in 96 rim voxels (what unwrapping settles on where the
+    phase aliases next to air) is caught by the field-step check: measured 56% NRMSE with it
+    (44% on clean data), 551% without it (mask.max_field_step=None). The voxels stay in the
+    mask and their count is reported."""
+    m = axial["mask"]
+    idx = np.indices(m.shape)
+    patch = m & ~ndimage.binary_erosion(m) & (idx[1] < 12) & (np.abs(idx[0] - 20) <= 3)
+    assert patch.sum() == 96
+    phase = axial["phase"].copy()
+    for e, te in enumerate(TE):
+        bad = np.angle(np.exp(1j * (phase[e] + ppm_to_phase(1.0, te, B0))))
+        phase[e] = np.where(patch, bad, phase[e])
+    ph = dict(axial, phase=phase)
+    res = reconstruct(_raw_scan(ph), progress=False)
+    assert res.info["mask"]["unreliable_voxels"] >= patch.sum()
+    assert res.mask.sum() == m.sum() and float(res.weight[torch.as_tensor(patch)].max()) == 0
+    off = reconstruct(_raw_scan(ph), progress=False, stage_params={"mask": {"max_field_step":
+                                                                            None}})
+    assert "unreliable_voxels" not in off.info["mask"]
+    s_on, s_off = _score(res, axial), _score(off, axial)
+    assert s_on < 70.0 and s_off > 3 * s_on, (s_on, s_off)
+
+
 def test_total_and_local_field_inputs(axial):
     mask = axial["mask"]
     r_tf = reconstruct(Scan(total_field=axial["total_field"], mask=mask), bfr="lbv",
