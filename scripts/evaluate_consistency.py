@@ -44,6 +44,14 @@ def parse_args(argv=None):
         "--noise", type=float, nargs="+", default=[0.0, 0.003], help="field noise std (ppm) levels"
     )
     p.add_argument("--challenge-dir", help="folder with phs_tissue, msk, chi_cosmos (.nii.gz)")
+    p.add_argument(
+        "--qsmforward",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="qsm-forward case folders (dlqsm.evaluation.independent."
+        "make_qsmforward_case: localfield, mask, chi .nii.gz)",
+    )
     p.add_argument("--checkpoint", help="model (default: the shipped default model)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", help="write the results as JSON here")
@@ -80,6 +88,17 @@ def _cases(args):
                 case.voxel_size,
                 case.b0_dir,
             )
+    for folder in args.qsmforward:
+        from dlqsm.io.nifti import load_nifti
+        from dlqsm.physics.geometry import b0_dir_from_affine, voxel_size_from_affine
+
+        d = Path(folder)
+        lf = load_nifti(d / "localfield.nii.gz")
+        m = load_nifti(d / "mask.nii.gz").data > 0
+        ref = load_nifti(d / "chi.nii.gz").data
+        vox = tuple(float(v) for v in voxel_size_from_affine(lf.affine))
+        b0 = tuple(float(v) for v in b0_dir_from_affine(lf.affine))
+        yield d.name, "qsm-forward", None, lf.data, m, ref, vox, b0
     if args.challenge_dir:
         from dlqsm.io.nifti import load_nifti
 
