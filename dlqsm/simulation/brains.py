@@ -29,7 +29,7 @@ left/right difference, tissue fractions mixed linearly (partial volumes of the p
 maps), smooth random textures in GM and WM, vessel trees (cortical veins a few mm under the
 surface with medullary branches running inward, 0.3-0.5 ppm), lesions in ``lesion_prob`` of the
 samples (haemorrhages +0.4..1.2, calcifications -0.2..-0.3 ppm) and a global scale
-(``chi_scale``).
+(``chi_multiplier``).
 
 Geometry. Each sample maps its voxel grid into MNI space by a random affine (rotation, per-axis
 scaling) plus a smooth random elastic displacement (:func:`elastic_displacement`, limited so the
@@ -427,7 +427,7 @@ class BrainConfig:
     elastic_mm: float | Sequence[float] = (0.0, 4.0)
     elastic_spacing_mm: float = 24.0
     max_tilt_deg: float = 30.0
-    chi_scale: float | Sequence[float] = (0.8, 1.4)
+    chi_multiplier: float | Sequence[float] = (0.8, 1.4)
     side_difference: float = 0.1
     texture_ppm: float | Sequence[float] = (0.0, 0.015)
     texture_mm: float | Sequence[float] = (1.5, 5.0)
@@ -832,7 +832,7 @@ def simulate_brain(config: BrainConfig, generator: torch.Generator) -> tuple[dic
         _paint(chi_f, labels, inside, veins, torch.full((len(veins),), LABELS["veins"]), fvox, f)
     prims, plabels = _lesions(g, depth, vox, cfg)
     _paint(chi_f, labels, inside, prims, plabels, fvox, f)
-    scale = uniform_scalar(g, cfg.chi_scale)
+    scale = uniform_scalar(g, cfg.chi_multiplier)
     chi_c = box_average(chi_f, f) * scale
     mask = box_average(mask_f, f) >= 0.5
     labels = torch.where(mask & (labels == 0), LABELS["csf"], labels) * mask
@@ -849,7 +849,7 @@ def simulate_brain(config: BrainConfig, generator: torch.Generator) -> tuple[dic
         "shape": list(geom.shape),
         "centre_mni": geom.centre.tolist(),
         "scale": geom.scale.tolist(),
-        "chi_scale": scale,
+        "chi_multiplier": scale,
         "te": te.tolist(),
         "b0_tesla": b0t,
         "snr": snr,
@@ -926,7 +926,7 @@ class BrainDataset(SeededDataset):
         elastic_mm, elastic_spacing_mm: elastic deformation (std of control displacements,
             number or range; control spacing).
         max_tilt_deg: B0 uniform on the cap within this angle of the voxel z axis.
-        chi_scale: global susceptibility scale (number or range).
+        chi_multiplier: global susceptibility scale (number or range).
         side_difference: relative left/right difference of nucleus values (+-).
         texture_ppm, texture_mm: amplitude and correlation length of GM / WM textures.
         n_veins: cortical vein trees per whole brain (scaled by the field of view).
