@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -53,7 +54,14 @@ def slurm_cluster(tmp_path_factory):
         cluster.start()
     except local_slurm.SlurmError as e:
         unavailable(str(e))
+    # SIGTERM (e.g. `timeout`) as Ctrl-C, so that pytest still stops the daemons below
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         yield cluster
     finally:
         cluster.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
