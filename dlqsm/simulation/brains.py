@@ -658,7 +658,7 @@ def _seed_points(g, depth, vox, lo: float, hi: float, n: int) -> torch.Tensor:
 def _vein_trees(g, depth, vox, cfg: BrainConfig, fov_volume_mm3: float):
     """Capsule chains: cortical veins 1-4 mm under the surface (random walks along it) with
     medullary branches running inward. Returns primitives (or None)."""
-    from dlqsm.simulation.phantom import _polyline_capsules
+    from dlqsm.simulation.phantom import polyline_capsules
     from dlqsm.simulation.shapes import make_primitives
 
     n = int_scalar(g, cfg.n_veins)
@@ -671,7 +671,7 @@ def _vein_trees(g, depth, vox, cfg: BrainConfig, fov_volume_mm3: float):
         points = points[keep]
         if len(points) < 2:
             return
-        c, a, r, p = _polyline_capsules(points, torch.tensor(float(radius)))
+        c, a, r, p = polyline_capsules(points, torch.tensor(float(radius)))
         parts.append((c, a, r, p, torch.full((len(c),), float(value))))
 
     for p0 in _seed_points(g, depth, vox, 1.0, 4.0, n):
