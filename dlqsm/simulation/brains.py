@@ -53,7 +53,7 @@ import functools
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -944,10 +944,7 @@ class BrainDataset(SeededDataset):
     item_name = "brains"
 
     def __init__(self, length: int = 16, seed: int = 0, **settings):
-        names = {f.name for f in fields(BrainConfig)}
-        unknown = sorted(set(settings) - names)
-        if unknown:
-            raise TypeError(f"unknown brain simulation settings: {', '.join(unknown)}")
+        self._check_settings(BrainConfig, settings, "brain simulation")
         self.length, self.seed = int(length), int(seed)
         self.config = BrainConfig(**settings)
 

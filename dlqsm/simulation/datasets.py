@@ -383,6 +383,13 @@ class SeededDataset(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} {self.item_name}")
 
+    @staticmethod
+    def _check_settings(config_cls, settings: dict, what: str) -> None:
+        """Refuse keyword settings that are not fields of the dataclass ``config_cls``."""
+        unknown = sorted(set(settings) - {f.name for f in fields(config_cls)})
+        if unknown:
+            raise TypeError(f"unknown {what} settings: {', '.join(unknown)}")
+
     def __getitem__(self, index: int) -> Sample:
         return self.sample_with_meta(int(index))[0]
 
@@ -428,10 +435,7 @@ class SimulatedQSMDataset(SeededDataset):
 
     def __init__(self, length: int = 1000, shape: Sequence[int] = (64, 64, 64), seed: int = 0,
                  source: str | dict = "shapes", **kwargs):
-        names = {f.name for f in fields(SimulationConfig)}
-        unknown = sorted(set(kwargs) - names)
-        if unknown:
-            raise TypeError(f"unknown simulation settings: {', '.join(unknown)}")
+        self._check_settings(SimulationConfig, kwargs, "simulation")
         self.length = int(length)
         self.seed = int(seed)
         self.config = SimulationConfig(shape=shape, source=source, **kwargs)
@@ -551,10 +555,7 @@ class HeadCaseDataset(SeededDataset):
     item_name = "heads"
 
     def __init__(self, length: int = 16, seed: int = 0, **settings):
-        names = {f.name for f in fields(HeadCaseConfig)}
-        unknown = sorted(set(settings) - names)
-        if unknown:
-            raise TypeError(f"unknown head-case settings: {', '.join(unknown)}")
+        self._check_settings(HeadCaseConfig, settings, "head-case")
         if "shape" in settings:
             settings["shape"] = tuple(int(s) for s in settings["shape"])
         if "voxel_size" in settings:
