@@ -128,7 +128,7 @@ def run(args) -> int:
                                      stage_params=params)
         _say(args, f"network ({predictor.spec.name}) on {predictor.device} ...")
         pred = predictor.run(fmap.local_field, fmap.mask, voxel_size=scan.voxel_size,
-                             b0_dir=scan.b0_dir)
+                             b0_dir=scan.b0_dir, weight=fmap.weight)
         total = time.perf_counter() - t0
         vols = {"chimap.nii.gz": pred.chi, "totalfield.nii.gz": fmap.total_field,
                 "localfield.nii.gz": fmap.local_field, "mask.nii.gz": fmap.mask}

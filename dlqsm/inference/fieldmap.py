@@ -21,6 +21,9 @@ class FieldMap:
     parameters: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
     notices: list = field(default_factory=list)
+    weight: torch.Tensor | None = None
+    """Data weight of the local field (raw input: inverse noise, 0 where the field is
+    unreliable; see :func:`dlqsm.pipeline.reconstruct.reconstruct`), else None."""
 
 
 def local_field_from_scan(scan, *, unwrap: str = "romeo", echo_fit: str = "wls",
@@ -59,4 +62,4 @@ def local_field_from_scan(scan, *, unwrap: str = "romeo", echo_fit: str = "wls",
     timings = dict(res.timings)
     timings["field_total"] = timings.pop("total")
     return FieldMap(res.local_field, res.mask.bool(), res.total_field, timings, res.parameters,
-                    res.info, list(scan.notices) + list(res.notices))
+                    res.info, list(scan.notices) + list(res.notices), weight=res.weight)

@@ -117,12 +117,14 @@ class Predictor:
 
     # -- public API -------------------------------------------------------------------------
 
-    def predict(self, local_field, mask, *, voxel_size=None, b0_dir=None, affine=None):
+    def predict(self, local_field, mask, *, voxel_size=None, b0_dir=None, affine=None,
+                weight=None):
         """chi (ppm) from ``local_field`` (ppm) and ``mask``; see :meth:`run`."""
         return self.run(local_field, mask, voxel_size=voxel_size, b0_dir=b0_dir,
-                        affine=affine).chi
+                        affine=affine, weight=weight).chi
 
-    def run(self, local_field, mask, *, voxel_size=None, b0_dir=None, affine=None) -> Prediction:
+    def run(self, local_field, mask, *, voxel_size=None, b0_dir=None, affine=None,
+            weight=None) -> Prediction:
         """Predict chi and return it with a record of what was done.
 
         Args:
@@ -131,6 +133,11 @@ class Predictor:
             voxel_size: voxel size in mm; from ``affine`` when None.
             b0_dir: unit B0 vector in voxel coordinates; from ``affine`` when None.
             affine: (4, 4) voxel-to-world matrix, used when the two above are not given.
+            weight: optional (X, Y, Z) data weight of the field (the ``weight`` of
+                :func:`dlqsm.pipeline.reconstruct.reconstruct`: inverse noise, 0 where the
+                field is unreliable). A model refining a classical inversion passes it to that
+                inversion, and the network sees the field as 0 where the weight is 0 (those
+                voxels' chi then comes from the regulariser and the correction).
 
         Returns:
             :class:`Prediction` with ``chi`` (X, Y, Z) in ppm (numpy for numpy input, a tensor on
@@ -152,6 +159,13 @@ class Predictor:
         m = (mask_t.to(self.device) != 0).float()[None, None]
         if m.sum() == 0:
             raise InputError("the mask is empty.", fix="give a brain mask with non-zero voxels.")
+        w = None
+        if weight is not None:
+            w = _volume_3d(weight, "weight").to(self.device, torch.float32)[None, None]
+            if w.shape != f.shape:
+                raise InputError(f"weight {tuple(w.shape[-3:])} and local field "
+                                 f"{tuple(f.shape[-3:])} are on different grids.",
+                                 fix="give a weight on the grid of the field.")
         plan = plan_geometry(self.spec, f.shape[-3:], vox, b0)
         t1 = time.perf_counter()
         estimate = getattr(self.net, "initial_estimate", None)
@@ -162,8 +176,10 @@ class Predictor:
                 # own grid and geometry; only the learned correction is resampled
                 geo = [torch.as_tensor(np.asarray(v, dtype=np.float32)).reshape(1, 3)
                        for v in (b0, vox)]
-                chi0 = estimate(f, m, *geo).to(f.dtype) * m
-            fm, mm = masked_resample(plan.resampler.to_model, f, m)
+                chi0 = estimate(f, m, *geo, **({} if w is None else {"weight": w}))
+                chi0 = chi0.to(f.dtype) * m
+            f_net = f if w is None else f * (w > 0)
+            fm, mm = masked_resample(plan.resampler.to_model, f_net, m)
             if chi0 is not None:
                 init_m = masked_resample(plan.resampler.to_model, chi0, m)[0] * mm
             t2 = time.perf_counter()

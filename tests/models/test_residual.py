@@ -127,3 +127,35 @@ def test_oblique_scans_keep_the_native_inversion_and_resample_only_the_correctio
     ref = invert(field[0, 0], mask[0, 0], method="tkd", voxel_size=vox[0].tolist(),
                  b0_dir=b0[0].tolist()).chi
     torch.testing.assert_close(torch.as_tensor(out.chi), ref, atol=1e-5, rtol=1e-4)
+
+
+class Spy(nn.Module):
+    """Zero correction; keeps the network input (field channel first)."""
+
+    def forward(self, x):
+        self.seen = x.detach().clone()
+        return torch.zeros_like(x[:, :1])
+
+
+def test_predictor_passes_the_data_weight_to_the_estimate_and_hides_unreliable_field():
+    """A weight (0 at unreliable voxels, as reconstruct's field-step check sets it) reaches the
+    classical inversion, and the network sees the field as 0 there instead of the outlier."""
+    chi, field, mask, _, _ = _case()
+    field = field.clone()
+    field[0, 0, 6, 8, 8] = 5.0                     # a mis-unwrapped voxel next to a source
+    weight = mask[0, 0].clone()
+    weight[5:8, 7:10, 7:10] = 0
+    spy = Spy()
+    net = InversionResidualNet(spy, method="tv", params={"max_iter": 30},
+                               pad_multiple=1).eval()
+    pred = Predictor.from_module(net, {}, tile=False)
+    out = torch.as_tensor(pred.run(field[0, 0], mask[0, 0], voxel_size=(1, 1, 1),
+                                   b0_dir=(0, 0, 1), weight=weight).chi)
+    ref = invert(field[0, 0], mask[0, 0], method="tv", weight=weight, max_iter=30).chi
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    unweighted = invert(field[0, 0], mask[0, 0], method="tv", max_iter=30).chi
+    assert (out - ref).abs().max() < 0.1 * (unweighted - ref).abs().max()   # the weight matters
+    assert spy.seen[0, 0, 6, 8, 8] == 0 and spy.seen[0, 0].abs().max() > 0
+    with pytest.raises(Exception, match="different grids"):
+        pred.run(field[0, 0], mask[0, 0], voxel_size=(1, 1, 1), b0_dir=(0, 0, 1),
+                 weight=weight[:-1])
