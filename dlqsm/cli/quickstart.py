@@ -57,6 +57,15 @@ def train_quickstart(out: Path, overrides: list[str], force: bool) -> Path:
     return ckpts[-1] if ckpts else ckpt_dir / "last.ckpt"
 
 
+READING = """\
+How to read this table: `unet` is the small U-Net this quickstart just trained for a few
+minutes on the CPU on small simulated volumes: it shows that simulation, training and inference
+work end to end, not what a trained model reaches (expect it to trail TKD on adult heads).
+`dlqsm-default` is the model dlqsm ships (TV-ADMM plus a learned correction, trained on 96
+simulated adult heads; docs/model_card.md): it shows the accuracy, on heads from dlqsm's own
+simulator. For data dlqsm did not simulate see `dlqsm evaluate --suite independent`."""
+
+
 def run(args) -> int:
     from dlqsm.evaluation.runner import run_evaluation
     from dlqsm.inference import default_model_installed
@@ -98,5 +107,6 @@ def run(args) -> int:
     summary = out / "evaluation" / "summary.md"
     if summary.exists():
         print(summary.read_text())
+        print(READING)
     say(f"results: {out / 'evaluation'}")
     return 0 if result is not None else 1

@@ -23,7 +23,8 @@ def test_quickstart_trains_and_compares_with_classical(tmp_path, capsys):
         assert 0 < float(r["nrmse"]) < 200 and float(r["time_s"]) > 0
     assert (out / "train" / "checkpoints" / "last.ckpt").is_file()
     assert list((out / "evaluation" / "figures").glob("*_montage.png"))
-    assert "learned vs classical" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "learned vs classical" in printed and "How to read this table" in printed
     # a second run refuses to overwrite the first without --force
     assert main(args) == 2
     assert "--force" in capsys.readouterr().err
