@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime
 import math
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from dlqsm.evaluation.independent import (
     require_eval_extra,
     score_qsmci,
 )
+from dlqsm.io.outputs import git_revision
 
 TABLES = ("results.csv", "roi_means.csv", "summary.md", "record.json")
 
@@ -90,17 +90,13 @@ def default_real_data() -> Path | None:
     return p if p.is_dir() else None
 
 
-def git_revision() -> str:
-    """Short git revision of the repository (``+dirty`` with uncommitted changes), or "unknown"."""
-    try:
-        rev = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain",
-                                "--untracked-files=no"], capture_output=True, text=True,
-                               timeout=10).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
+def revision_label() -> str:
+    """Short git revision of the repository (``+dirty`` with uncommitted changes to tracked
+    files), or "unknown"."""
+    rev = git_revision(REPO_ROOT, untracked=False)
+    if rev["commit"] is None:
         return "unknown"
+    return rev["commit"][:7] + ("+dirty" if rev["dirty"] else "")
 
 
 @dataclass
@@ -338,7 +334,7 @@ def run_suite(out, *, size: str = "full", specs=None, methods=METHODS, real_data
     from dlqsm.io.outputs import OutputDir, software_versions
 
     require_eval_extra()
-    rev = git_revision()  # of the code that runs (imports happen now, edits later do not count)
+    rev = revision_label()  # of the code that runs (imports happen now, edits later do not count)
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise InputError(f"unknown suite methods {bad}.", fix=f"use {', '.join(METHODS)}.")

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import platform
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterable
@@ -62,6 +63,22 @@ def software_versions() -> dict:
 
 LOCK_NAME = ".dlqsm.lock"
 """The lock file a run holds in its output folder while it writes (removed when it ends)."""
+
+
+def git_revision(path=None, *, untracked: bool = True) -> dict:
+    """{"commit": sha or None, "dirty": bool or None} of the git checkout holding ``path``
+    (default: the dlqsm package); ``untracked=False`` ignores untracked files for "dirty"."""
+    where = Path(path or Path(__file__).resolve().parents[1])
+
+    def _git(*args):
+        return subprocess.run(["git", *args], cwd=where, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+
+    try:
+        status = ["status", "--porcelain"] + ([] if untracked else ["--untracked-files=no"])
+        return {"commit": _git("rev-parse", "HEAD"), "dirty": bool(_git(*status))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
 
 
 def sha256_file(path, chunk: int = 1 << 20) -> str:

@@ -6,14 +6,11 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-import dlqsm
 from dlqsm.io.outputs import software_versions
 
 FORMAT = "dlqsm-model/1"
@@ -23,20 +20,6 @@ UNITS = {"input": "local field (background removed), ppm of B0; 0 outside the ma
 B0_CONVENTION = ("B0 direction is a unit vector in voxel coordinates (NIfTI voxel order, derived "
                  "from the affine with dlqsm.physics.geometry.b0_dir_from_affine); tensors are "
                  "(B, C, X, Y, Z) in file voxel order.")
-
-
-def git_revision(path=None) -> dict:
-    """{"commit": sha or None, "dirty": bool or None} of the git checkout holding ``path``."""
-    where = Path(path or Path(dlqsm.__file__).resolve().parent)
-
-    def _git(*args):
-        return subprocess.run(["git", *args], cwd=where, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-
-    try:
-        return {"commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain"))}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
 
 
 class GeometryTracker:

@@ -17,7 +17,8 @@ import torch
 from lightning import LightningModule
 from torch import nn
 
-from dlqsm.lit.metadata import GeometryTracker, build_metadata, git_revision
+from dlqsm.io.outputs import git_revision
+from dlqsm.lit.metadata import GeometryTracker, build_metadata
 from dlqsm.metrics.wrappers import qsm_metric_collection
 from dlqsm.models.loading import CHECKPOINT_KEY
 from dlqsm.pipeline.batched import INIT_KEY

@@ -42,7 +42,7 @@ import torch
 
 from dlqsm.errors import InputError, check_parameter_types
 from dlqsm.io.scan import Scan
-from dlqsm.physics.units import GAMMA_HZ_PER_T
+from dlqsm.physics.units import GAMMA_HZ_PER_T, phase_to_ppm
 from dlqsm.pipeline import background, inversion, masking, unwrap
 
 STAGES = ("coil", "mask", "unwrap", "echo_fit", "bfr", "inversion")
@@ -408,7 +408,7 @@ class _State:
             raise InputError(f"mask.max_field_step must be a positive number of rad or None, "
                              f"got {step!r}.")
         te1 = float(np.min(self.scan.te))
-        step_ppm = float(step) / (2 * math.pi * GAMMA_HZ_PER_T * self.scan.b0_tesla * te1 * 1e-6)
+        step_ppm = float(phase_to_ppm(float(step), te1, self.scan.b0_tesla))
         bad = masking.field_step_mask(self.total_field, self.mask, step_ppm)
         n_bad = int(bad.sum())
         self.info["mask"].update(field_step_ppm=step_ppm, unreliable_voxels=n_bad)

@@ -395,7 +395,7 @@ def echo_fit_noise_ppm(
         m0, r2star: (X, Y, Z) proton density (a.u.) and R2* (1/s). te: (E,) s, E >= 2.
         b0_tesla: T. sigma: complex noise std per real/imaginary part, in m0 units.
     """
-    from dlqsm.physics.units import GAMMA_HZ_PER_T
+    from dlqsm.physics.units import hz_to_ppm
 
     t = torch.as_tensor(te, dtype=torch.float32).reshape(-1, 1, 1, 1)
     w = (m0[None] * torch.exp(-r2star[None] * t)).square()
@@ -403,7 +403,7 @@ def echo_fit_noise_ppm(
     det = sw * swt2 - swt.square()
     var = torch.where(det > 0, sigma**2 * sw / det.clamp_min(1e-30), torch.inf)
     hz = torch.sqrt(var) / (2 * math.pi)
-    return hz / (GAMMA_HZ_PER_T * float(b0_tesla)) * 1e6
+    return hz_to_ppm(hz, float(b0_tesla))
 
 
 # --------------------------------------------------------------------------------------------
