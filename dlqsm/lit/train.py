@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from dlqsm.configs import CONFIG_ENV, find_config_dir  # noqa: F401  (CONFIG_ENV: its old home)
 from dlqsm.errors import InputError
 from dlqsm.lit.callbacks import SlurmRequeue, hpc_checkpoints
+from dlqsm.models.loading import load_weights, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,10 @@ def build(cfg: DictConfig) -> dict:
         torch.set_num_threads(int(cfg.cpu_threads))
     datamodule = instantiate(cfg.data, _convert_="all")
     net = instantiate(cfg.model)
+    if cfg.get("init_weights"):  # warm start: weights only (optimizer and step start afresh)
+        init = cfg.init_weights
+        src = load_weights(net, resolve_checkpoint(None if init == "default" else init))
+        log.info("Network weights initialised from %s", src)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     # a partial, then called: objects given to instantiate() as kwargs would be instantiated
     make_module = instantiate(cfg.module, _partial_=True, _convert_="all")

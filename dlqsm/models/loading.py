@@ -190,6 +190,34 @@ def load_model(checkpoint=None, map_location="cpu", *,
     return net, metadata
 
 
+def load_weights(net: nn.Module, checkpoint, *, map_location="cpu") -> Path:
+    """Copy the weights of a trained model into ``net`` (a warm start for fine-tuning).
+
+    ``checkpoint`` is anything :func:`load_model` reads. The network configs must describe the
+    same architecture: every weight is matched by name and shape (strict), else an
+    :class:`~dlqsm.errors.InputError` names the checkpoint and the first mismatches.
+
+    Returns:
+        the model file the weights came from.
+    """
+    path = find_model_file(checkpoint)
+    info, _ = _read(path, map_location)
+    state = info["state_dict"]
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                           for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                              ("other shape", wrong)) if keys)
+        raise InputError(f"these weights do not fit the configured network ({detail}).",
+                         path=path, fix="choose the model config the checkpoint was trained "
+                         "with (its net_config is in metadata.json / the checkpoint).")
+    net.load_state_dict(state)
+    return path
+
+
 def export_model(checkpoint, out_dir, *, force: bool = False,
                  extra_metadata: dict | None = None) -> Path:
     """Write the inference-only form of a trained model: ``out_dir/model.pt`` + metadata.json.

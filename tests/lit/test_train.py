@@ -82,6 +82,22 @@ def test_resume_continues_the_global_step(compose_cfg, tmp_path):
     assert resumed["global_step"] == 8
 
 
+def test_init_weights_warm_starts_from_a_trained_model(compose_cfg, tmp_path):
+    """init_weights copies the weights (the step starts afresh); a wrong architecture is refused."""
+    from dlqsm.errors import InputError
+
+    train(compose_cfg([*QUICK, "trainer.max_epochs=1"]))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    trained, _ = load_model(last)
+    objs = build(compose_cfg([*QUICK, f"init_weights={last}"]))
+    for name, value in trained.state_dict().items():
+        torch.testing.assert_close(objs["net"].state_dict()[name], value)
+    fresh = build(compose_cfg(QUICK))["net"].state_dict()
+    assert any(not torch.equal(fresh[k], v) for k, v in trained.state_dict().items())
+    with pytest.raises(InputError, match="do not fit the configured network"):
+        build(compose_cfg([*QUICK, "model.backbone.channels=[4,8,32]", f"init_weights={last}"]))
+
+
 def test_gradient_accumulation_counts_optimizer_steps(compose_cfg):
     cfg = compose_cfg([*QUICK, "trainer.max_epochs=1", "trainer.accumulate_grad_batches=2",
                        "data.train_dataset.length=8"])
