@@ -316,7 +316,7 @@ def check_run_echo_times(run: MegreRun) -> list[float]:
 
 
 def read_into(root, parts, *, subject=None, select=None) -> None:
-    """Fill a :class:`dlqsm.io.scan._Parts` from the one MEGRE run under ``root``."""
+    """Fill a :class:`dlqsm.io.scan.loader._Parts` from the one MEGRE run under ``root``."""
     run = select_megre_run(root, subject=subject, select=select)
     parts.phase = list(run.phase)
     parts.magnitude = list(run.magnitude) or None

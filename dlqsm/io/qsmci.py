@@ -87,7 +87,7 @@ def write_params(path, *, te=None, b0=None, b0_dir=None, voxel_size=None) -> Pat
 
 
 def read_into(folder, parts) -> None:
-    """Fill a :class:`dlqsm.io.scan._Parts` from a QSM-CI artifact folder."""
+    """Fill a :class:`dlqsm.io.scan.loader._Parts` from a QSM-CI artifact folder."""
     folder = Path(folder)
     found = {n: artifact_path(folder, n) for n in ARTIFACTS}
     pfile = folder / PARAMS
