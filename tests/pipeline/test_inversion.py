@@ -295,6 +295,38 @@ def test_registry_and_defaults():
         method_defaults("nope")
 
 
+def test_register_method_makes_a_method_available_to_invert(phantom, monkeypatch):
+    from dlqsm.pipeline.inversion import registry
+
+    monkeypatch.setattr(registry, "METHODS", dict(METHODS))  # leave the real registry alone
+
+    def half_tsvd(field, mask, *, voxel_size, b0_dir, weight=None, magnitude=None, padding=0,
+                  progress=False, cut=0.2):
+        res = inv.tsvd(field, mask, voxel_size=voxel_size, b0_dir=b0_dir, padding=padding,
+                       threshold=cut)
+        return InversionResult(0.5 * res.chi, {**res.info, "method": "half_tsvd",
+                                               "parameters": {"cut": cut}})
+
+    inv.register_method("half_tsvd", half_tsvd)
+    assert registry.method_defaults("half_tsvd") == {"cut": 0.2}
+    f, m = phantom["field"], phantom["mask"]
+    got = registry.invert(f, m, method="half_tsvd", cut=0.3, voxel_size=(1, 1, 2))
+    ref = invert(f, m, method="tsvd", threshold=0.3, voxel_size=(1, 1, 2))
+    torch.testing.assert_close(got.chi, 0.5 * ref.chi)
+    assert got.info["parameters"] == {"cut": 0.3} and "half_tsvd" not in METHODS
+    with pytest.raises(ValueError, match="already registered"):
+        inv.register_method("tkd", half_tsvd)
+    with pytest.raises(ValueError, match="common argument"):
+        inv.register_method("bad", lambda field, mask, *, voxel_size: None)
+
+    def no_default(field, mask, *, voxel_size, b0_dir, weight, magnitude, padding, progress,
+                   lam):
+        return None
+
+    with pytest.raises(ValueError, match="need a default"):
+        inv.register_method("bad", no_default)
+
+
 def test_reference_mean_gives_zero_mean_in_the_mask(phantom):
     f, m = phantom["field"], phantom["mask"]
     ref = invert(f, m, method="tkd")
