@@ -133,12 +133,12 @@ def build_config(args) -> dict:
     import copy
 
     from dlqsm.errors import InputError
-    from dlqsm.evaluation.runner import DEFAULT_CONFIG
+    from dlqsm.evaluation.runner import DEFAULT_CONFIG, renamed_config_keys
     from dlqsm.pipeline.reconstruct import resolve_device
 
     cfg = copy.deepcopy(DEFAULT_CONFIG)
     if args.config:
-        cfg.update(load_config(args.config))
+        cfg.update(renamed_config_keys(load_config(args.config)))
     elif not args.out:
         raise InputError("no output folder.", fix="pass -o OUT (or --config).")
     methods = list(args.methods) if args.methods else list(cfg.get("methods") or [])
@@ -157,7 +157,7 @@ def build_config(args) -> dict:
     if data.get("heads") is not None or args.heads is not None:
         data["heads"] = heads
     cfg["data"] = data
-    for key, val in (("output", args.out), ("title", args.title)):
+    for key, val in (("out_dir", args.out), ("title", args.title)):
         if val is not None:
             cfg[key] = val
     if args.device != "auto" or not args.config:  # the flag's default leaves a config's device
@@ -192,7 +192,7 @@ def run(args) -> int:
         return _run_suite(args)
     cfg = build_config(args)
     check_checkpoints(cfg["methods"])
-    out = OutputDir(cfg["output"], force=cfg["force"])
+    out = OutputDir(cfg["out_dir"], force=cfg["force"])
     out.check(["summary.md", "record.json"])  # writable, not someone else's, before any work
     with out.lock():  # one evaluation writes into a folder at a time
         result = run_evaluation(cfg)
@@ -215,7 +215,7 @@ def _run_suite(args) -> int:
     device = str(resolve_device(args.device or "cpu"))
     result = run_suite(args.out, size=args.suite_size, real_data=args.real_data or "auto",
                        cache_dir=args.cache, device=device, force=args.force,
-                       progress=not args.quiet)
+                       progress=not args.quiet, figures=not args.no_figures)
     if not args.quiet:
         print(f"dlqsm evaluate: wrote {len(result.files)} files to {result.out_dir} "
               f"(summary.md)", file=sys.stderr)

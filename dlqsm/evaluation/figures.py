@@ -81,12 +81,13 @@ def _grid(case, maps: dict[str, np.ndarray], *, cmap, vlim, label, title, path):
     return _save(fig, path)
 
 
-def montage(case, chis: dict[str, np.ndarray], path) -> Path:
-    """Truth and each method (ppm) on three orthogonal slices; grey scale from the truth."""
+def montage(case, chis: dict[str, np.ndarray], path, *, reference_name: str = "truth") -> Path:
+    """Truth and each method (ppm) on three orthogonal slices; grey scale from the truth
+    (``reference_name`` labels its row, e.g. "COSMOS" for an in vivo reference)."""
     m = case.mask
-    maps = {"truth": _referenced(case.reference, m)}
+    maps = {reference_name: _referenced(case.reference, m)}
     maps.update({k: _referenced(v, m) for k, v in chis.items()})
-    lo, hi = np.percentile(maps["truth"][m], [1, 99])
+    lo, hi = np.percentile(maps[reference_name][m], [1, 99])
     span = max(abs(lo), abs(hi), 1e-6)
     return _grid(case, maps, cmap="gray", vlim=(-span, span), label="chi (ppm)",
                  title=f"{case.name}: susceptibility", path=path)
@@ -108,14 +109,15 @@ def chi_preview(chi, mask, voxel_size, path, *, title: str = "chi (ppm)") -> Pat
                  label="chi (ppm)", title=title, path=path)
 
 
-def error_maps(case, chis: dict[str, np.ndarray], path) -> Path:
+def error_maps(case, chis: dict[str, np.ndarray], path, *,
+               reference_name: str = "truth") -> Path:
     """Method minus truth (ppm), both referenced to the mask mean, on three slices."""
     m = case.mask
     ref = _referenced(case.reference, m)
     errs = {k: _referenced(v, m) - ref for k, v in chis.items()}
     span = max([float(np.percentile(np.abs(e[m]), 99)) for e in errs.values()] + [1e-6])
     return _grid(case, errs, cmap="RdBu_r", vlim=(-span, span), label="error (ppm)",
-                 title=f"{case.name}: method - truth", path=path)
+                 title=f"{case.name}: method - {reference_name}", path=path)
 
 
 def roi_scatter(roi_rows: list[dict], path, *, title: str = "ROI means") -> Path:

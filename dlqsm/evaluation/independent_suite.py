@@ -221,9 +221,13 @@ CHALLENGE_FILES = ("phs_tissue.nii.gz", "msk.nii.gz", "chi_cosmos.nii.gz",
                    "evaluation_mask.nii.gz")
 
 
-def invivo_rows(folder: Path, runs: Path, *, device="cpu", progress=True):
+def invivo_rows(folder: Path, runs: Path, *, device="cpu", progress=True, figures=None):
     """The 2016 challenge subject: default inversion and default model given its local field,
-    vs COSMOS (qsm-ci's scorer without segmentation) and per-ROI means."""
+    vs COSMOS (qsm-ci's scorer without segmentation) and per-ROI means.
+
+    ``figures``: a folder for ``invivo-2016_montage.png`` (COSMOS, TV, model on three slices),
+    ``invivo-2016_errors.png`` (each minus COSMOS) and ``invivo-2016_rois.png`` (ROI means
+    against COSMOS's); None writes none."""
     from dlqsm.evaluation.cases import LAYOUTS
     from dlqsm.io.nifti import load_nifti
 
@@ -237,7 +241,7 @@ def invivo_rows(folder: Path, runs: Path, *, device="cpu", progress=True):
     label_ids = sorted(int(v) for v in np.unique(labels) if v > 0)
     cosmos = load_nifti(folder / "chi_cosmos.nii.gz", ndim=3).data.astype(np.float64)
     mask = load_nifti(folder / "msk.nii.gz", ndim=3).data > 0.5
-    rows, roi_rows = [], []
+    rows, roi_rows, chis = [], [], {}
     for method, cmd in (("local-tv", "reconstruct"), ("infer-local", "infer")):
         out = runs / "invivo-2016" / method
         rc, seconds, err = _cli([cmd, "--local-field", str(folder / "phs_tissue.nii.gz"),
@@ -249,6 +253,7 @@ def invivo_rows(folder: Path, runs: Path, *, device="cpu", progress=True):
                "status": "ok" if rc == 0 else f"failed: {err}"}
         if rc == 0:
             chi = load_nifti(out / "chimap.nii.gz", ndim=3, finite=False).data
+            chis[{"local-tv": "TV (reconstruct)", "infer-local": "model (infer)"}[method]] = chi
             metrics, _ = qsm_eval.score_arrays(chi.astype(np.float64), cosmos, mask, kind="chi")
             row.update({k: float(v) for k, v in metrics.items()})
             rois = _roi_means(out / "chimap.nii.gz", folder / "chi_cosmos.nii.gz",
@@ -259,10 +264,28 @@ def invivo_rows(folder: Path, runs: Path, *, device="cpu", progress=True):
         rows.append(row)
         _say(progress, f"invivo-2016 {method}: " + (
             f"NRMSE {row['nrmse']:.1f}%, {seconds:.1f} s" if rc == 0 else row["status"]))
+    if figures is not None and chis:
+        _invivo_figures(Path(figures), cosmos, mask, chis, roi_rows,
+                        load_nifti(folder / "msk.nii.gz", ndim=3).voxel_size)
     return rows, roi_rows, ["In vivo 2016: local field given (ppm), B0 2.8936 T along the "
                             "third axis; qsm-ci's in vivo scoring (no segmentation) vs COSMOS; "
                             "roi_linearity = |1 - slope| of the means of all evaluation_mask "
                             "labels. No method was tuned on this subject."]
+
+
+def _invivo_figures(out: Path, cosmos, mask, chis: dict, roi_rows: list, voxel_size) -> list:
+    """The in vivo figures of :func:`invivo_rows` (PNG, atomically written)."""
+    from types import SimpleNamespace
+
+    from dlqsm.evaluation import figures as fig
+
+    case = SimpleNamespace(name="in vivo 2016", reference=cosmos, mask=mask,
+                           voxel_size=tuple(float(v) for v in voxel_size))
+    out.mkdir(parents=True, exist_ok=True)
+    return [fig.montage(case, chis, out / "invivo-2016_montage.png", reference_name="COSMOS"),
+            fig.error_maps(case, chis, out / "invivo-2016_errors.png", reference_name="COSMOS"),
+            fig.roi_scatter(roi_rows, out / "invivo-2016_rois.png",
+                            title="in vivo 2016: ROI means vs COSMOS")]
 
 
 def multiecho_rows(folder: Path, runs: Path, *, device="cpu", progress=True):
@@ -310,7 +333,7 @@ def multiecho_rows(folder: Path, runs: Path, *, device="cpu", progress=True):
 
 def run_suite(out, *, size: str = "full", specs=None, methods=METHODS, real_data="auto",
               cache_dir=None, device: str = "cpu", force: bool = False,
-              progress: bool = True) -> SuiteResult:
+              progress: bool = True, figures: bool = True) -> SuiteResult:
     """Run the independent-data suite and write its tables to ``out``.
 
     Args:
@@ -324,6 +347,8 @@ def run_suite(out, *, size: str = "full", specs=None, methods=METHODS, real_data
             ``~/.cache/dlqsm/qsmforward``).
         device: where the methods run.
         force: overwrite the tables of an earlier run.
+        figures: write the in vivo figures (COSMOS / TV / model slices, error maps, ROI
+            means) to ``out/figures``.
 
     Raises:
         InputError: unknown size or method, qsm-forward/qsm-ci missing.
@@ -351,7 +376,8 @@ def run_suite(out, *, size: str = "full", specs=None, methods=METHODS, real_data
         notes.append("In vivo rows skipped: no real-data folder (give --real-data DIR with "
                      "challenge2016/ and multiecho_small/).")
     else:
-        r, rr, n = invivo_rows(real / "challenge2016", runs, device=device, progress=progress)
+        r, rr, n = invivo_rows(real / "challenge2016", runs, device=device, progress=progress,
+                               figures=outdir.path / "figures" if figures else None)
         rows, roi_rows, notes = rows + r, roi_rows + rr, notes + n
         r, n = multiecho_rows(real / "multiecho_small", runs, device=device, progress=progress)
         rows, notes = rows + r, notes + n

@@ -248,8 +248,11 @@ def test_real_data_rows_on_small_stand_ins(tmp_path):
                       ("chi_cosmos.nii.gz", case.chi),
                       ("evaluation_mask.nii.gz", case.labels * case.mask)):
         save_nifti(ch / name, vol, aff)
-    rows, rois, notes = invivo_rows(ch, tmp_path / "runs", progress=False)
+    rows, rois, notes = invivo_rows(ch, tmp_path / "runs", progress=False,
+                                    figures=tmp_path / "figures")
     assert [r["method"] for r in rows] == ["local-tv", "infer-local"]
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
+        "invivo-2016_errors.png", "invivo-2016_montage.png", "invivo-2016_rois.png"]
     assert all(r["status"] == "ok" and r["nrmse"] < 45 for r in rows), rows  # 28, 24 %
     assert rois and "No method was tuned" in notes[0]
     me = tmp_path / "multiecho_small"
