@@ -1,6 +1,6 @@
 """Evaluate learned and classical QSM from ``configs/evaluate.yaml`` (Hydra overrides).
 
-    python scripts/evaluate.py data.heads.count=2 data.heads.shape=[96,120,120] output=eval
+    python scripts/evaluate.py data.heads.count=2 data.heads.shape=[96,120,120] out_dir=eval
     python scripts/evaluate.py 'methods=[tkd,tv,best.ckpt]' force=true
 
 The same job as ``dlqsm evaluate --config configs/evaluate.yaml`` (which takes flags instead).

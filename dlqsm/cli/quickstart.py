@@ -97,7 +97,7 @@ def run(args) -> int:
             methods.append({"name": "dlqsm-default", "kind": "learned", "checkpoint": None})
         say(f"[2/2] reconstructing {args.heads} held-out simulated heads")
         result = run_evaluation({
-            "methods": methods, "output": str(out / "evaluation"), "force": args.force,
+            "methods": methods, "out_dir": str(out / "evaluation"), "force": args.force,
             "device": device, "progress": not args.quiet,
             "title": "dlqsm quickstart: learned vs classical on held-out simulated heads",
             "data": {"heads": {"count": args.heads, "shape": list(args.shape),

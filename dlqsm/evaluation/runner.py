@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,7 +181,7 @@ DEFAULT_CONFIG = {
     "data": {"heads": {"count": 3, "shape": [164, 205, 205], "voxel_size": [1.0, 1.0, 1.0],
                        "seed": EVAL_SEED_BASE, "b0_tilt_deg": 0.0, "noise_std": 0.0},
              "folders": []},
-    "output": "evaluation",
+    "out_dir": "evaluation",
     "device": "cpu",
     "figures": True,
     "save_maps": False,
@@ -188,6 +189,36 @@ DEFAULT_CONFIG = {
     "progress": True,
     "title": "dlqsm evaluation",
 }
+
+
+RENAMED_KEYS = {"output": "out_dir"}
+"""Configuration keys renamed (old -> new); the old names are accepted, with a warning, for one
+release."""
+
+
+def renamed_config_keys(config: dict) -> dict:
+    """``config`` with the deprecated keys of :data:`RENAMED_KEYS` under their new names.
+
+    Each old key that is set (not None) gives a ``DeprecationWarning`` and a line on stderr,
+    and its value replaces the new key's (``configs/evaluate.yaml`` sets ``out_dir`` and
+    ``output: null``, so a Hydra override ``output=DIR`` must win over the file's ``out_dir``).
+    Old keys set to None are dropped.
+    """
+    cfg = dict(config)
+    for old, new in RENAMED_KEYS.items():
+        if old not in cfg:
+            continue
+        value = cfg.pop(old)
+        if value is None:
+            continue
+        message = f"the evaluation setting {old!r} is deprecated; use {new!r}"
+        if cfg.get(new) is not None and cfg[new] != value:
+            message += f" ({old}={value!r} replaces {new}={cfg[new]!r})"
+        message += "."
+        warnings.warn(message, DeprecationWarning, stacklevel=3)
+        print(f"dlqsm evaluate: warning: {message}", file=sys.stderr, flush=True)
+        cfg[new] = value
+    return cfg
 
 
 def build_cases(data: dict, device="cpu", progress: bool = True) -> list[EvalCase]:
@@ -215,7 +246,8 @@ def build_cases(data: dict, device="cpu", progress: bool = True) -> list[EvalCas
 def run_evaluation(config: dict) -> EvaluationResult:
     """Evaluate from a configuration dict (keys of :data:`DEFAULT_CONFIG`; missing keys take
     its values). Methods are checked before the test cases are built."""
-    cfg = {**DEFAULT_CONFIG, **{k: v for k, v in dict(config).items() if v is not None}}
+    config = renamed_config_keys(config)
+    cfg = {**DEFAULT_CONFIG, **{k: v for k, v in config.items() if v is not None}}
     unknown = sorted(set(cfg) - set(DEFAULT_CONFIG) - {"hydra"})
     if unknown:
         raise InputError(f"unknown configuration keys {unknown}.",
@@ -223,10 +255,10 @@ def run_evaluation(config: dict) -> EvaluationResult:
     from dlqsm.io.outputs import OutputDir
 
     specs = parse_methods(cfg["methods"])
-    OutputDir(cfg["output"], force=bool(cfg["force"])).check(TABLES)  # before slow work
+    OutputDir(cfg["out_dir"], force=bool(cfg["force"])).check(TABLES)  # before slow work
     progress = bool(cfg["progress"])
     cases = build_cases(cfg["data"], device=cfg["device"], progress=progress)
-    return evaluate(specs, cases, cfg["output"], device=cfg["device"], force=bool(cfg["force"]),
+    return evaluate(specs, cases, cfg["out_dir"], device=cfg["device"], force=bool(cfg["force"]),
                     figures=bool(cfg["figures"]), save_maps=bool(cfg["save_maps"]),
                     progress=progress, title=str(cfg["title"]),
                     config={k: v for k, v in cfg.items() if k != "hydra"})

@@ -49,7 +49,7 @@ def test_config_file_and_overrides(tmp_path):
         "methods:\n  - {name: fast, kind: classical, method: tkd, params: {threshold: 0.2}}\n"
         "data:\n  heads: {count: 1, shape: [24, 28, 26], voxel_size: [8, 8, 8], "
         "seed: 1000005}\n"
-        f"output: {tmp_path / 'from_config'}\nfigures: false\n"
+        f"out_dir: {tmp_path / 'from_config'}\nfigures: false\n"
         "hydra:\n  run:\n    dir: logs/${now:%Y}\n")
     assert _run("--config", cfg) == 0
     rows = _rows(tmp_path / "from_config" / "metrics.csv")
@@ -58,8 +58,34 @@ def test_config_file_and_overrides(tmp_path):
                  "--b0-tilt", "30")
     c = cli.build_config(args)
     assert c["data"]["heads"]["count"] == 2 and c["data"]["heads"]["seed"] == 1000010
-    assert c["data"]["heads"]["b0_tilt_deg"] == 30 and c["output"] == str(tmp_path / "o2")
+    assert c["data"]["heads"]["b0_tilt_deg"] == 30 and c["out_dir"] == str(tmp_path / "o2")
     assert c["methods"][0]["name"] == "fast"
+
+
+def test_output_key_is_the_deprecated_name_of_out_dir(tmp_path, capsys):
+    from dlqsm.evaluation.runner import renamed_config_keys
+
+    heads = "data:\n  heads: {count: 1, shape: [24, 28, 26], voxel_size: [8, 8, 8]}\n"
+    for key in ("out_dir", "output"):
+        cfg = tmp_path / f"{key}.yaml"
+        cfg.write_text(f"methods: [tkd]\n{heads}{key}: {tmp_path / key}\nfigures: false\n")
+        if key == "output":
+            with pytest.warns(DeprecationWarning, match="'output' is deprecated; use 'out_dir'"):
+                assert _run("--config", cfg) == 0
+            assert "'output' is deprecated" in capsys.readouterr().err
+        else:
+            assert _run("--config", cfg) == 0
+        assert json.loads((tmp_path / key / "record.json").read_text())["config"]["out_dir"] \
+            == str(tmp_path / key)
+    with pytest.warns(DeprecationWarning):
+        assert renamed_config_keys({"output": "a", "out_dir": "a"}) == {"out_dir": "a"}
+    with pytest.warns(DeprecationWarning):  # flags (-o) override an old key of a config file
+        c = cli.build_config(_args("--config", tmp_path / "output.yaml", "-o", tmp_path / "o"))
+    assert c["out_dir"] == str(tmp_path / "o") and "output" not in c
+    assert renamed_config_keys({"output": None, "title": "t"}) == {"title": "t"}
+    # the old key set (e.g. python scripts/evaluate.py output=DIR) wins over the file's out_dir
+    with pytest.warns(DeprecationWarning, match="output='a' replaces out_dir='b'"):
+        assert renamed_config_keys({"output": "a", "out_dir": "b"}) == {"out_dir": "a"}
 
 
 def test_data_folder_replaces_heads(tmp_path):
