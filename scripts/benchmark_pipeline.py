@@ -54,7 +54,7 @@ def simulate(shape, n_echoes: int, seed: int):
     case = simulate_head_case(shape, (1.0, 1.0, 1.0), seed=seed, snr=50.0, te=te,
                               lesion_prob=0.0)
     scan = Scan(phase=case.phase.numpy(), magnitude=case.magnitude.numpy(),
-                te=case.te.numpy(), b0_tesla=case.b0_tesla, affine=case.affine,
+                te=case.te.numpy(), field_strength=case.b0_tesla, affine=case.affine,
                 mask=case.mask.numpy())
     return case, scan
 

@@ -113,7 +113,7 @@ def run(args) -> int:
     methods = dict(unwrap=args.unwrap, echo_fit=args.echo_fit, bfr=args.bfr)
     params = stage_params(args.param, {"unwrap": args.unwrap, "echo_fit": args.echo_fit,
                                        "bfr": args.bfr, "inversion": None})
-    check_parameters(params, **methods, method=None)
+    params = check_parameters(params, **methods, method=None)  # once: trusted below
     resolve_device(args.device)  # a bad --device is refused before the model loads
     predictor = Predictor(args.checkpoint, device=args.device, tile=tile, roi_size=roi,
                           overlap=args.overlap, amp=args.amp, progress=not args.quiet,
@@ -127,8 +127,8 @@ def run(args) -> int:
                                      device=predictor.device, progress=not args.quiet,
                                      stage_params=params)
         _say(args, f"network ({predictor.spec.name}) on {predictor.device} ...")
-        pred = predictor.run(fmap.local_field, fmap.mask, voxel_size=scan.voxel_size,
-                             b0_dir=scan.b0_dir, weight=fmap.weight)
+        pred = predictor.run(fmap.local_field, fmap.mask, voxel_size=scan.grid.voxel_size,
+                             b0_dir=scan.grid.b0_dir, weight=fmap.weight)
         total = time.perf_counter() - t0
         vols = {"chimap.nii.gz": pred.chi, "totalfield.nii.gz": fmap.total_field,
                 "localfield.nii.gz": fmap.local_field, "mask.nii.gz": fmap.mask}

@@ -203,7 +203,7 @@ def run(args) -> int:
     methods = dict(unwrap=args.unwrap, echo_fit=args.echo_fit, bfr=args.bfr, method=args.method)
     params = stage_params(args.param, {"unwrap": args.unwrap, "echo_fit": args.echo_fit,
                                        "bfr": args.bfr, "inversion": args.method})
-    check_parameters(params, **methods)
+    params = check_parameters(params, **methods)  # once: reconstruct() trusts the result
     args.device = str(resolve_device(args.device))
     with out.lock():
         scan = load_scan(args.input, **scan_arguments(args))
@@ -278,8 +278,8 @@ def geometry_record(scan) -> dict:
     their disagreement, the affine's shear, voxel size and affine (for record.json)."""
     from dlqsm.physics.geometry import angle_to_b0
 
-    b0 = [float(b) for b in scan.b0_dir]
-    return {"b0_dir_voxel": b0, "b0_angle_to_voxel_z_deg": angle_to_b0(b0),
+    b0 = [float(b) for b in scan.grid.b0_dir]
+    return {"b0_dir_voxel": b0, "b0_angle_to_voxel_z_deg": angle_to_b0(scan.grid.b0_dir),
             **scan.geometry, "voxel_size_mm": [float(v) for v in scan.voxel_size],
             "affine": scan.affine}
 
@@ -295,7 +295,7 @@ def build_record(scan, result, args, names) -> dict:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "input": {"kind": scan.kind, "sources": scan.sources, "shape": list(scan.shape),
                   "echo_times_s": None if scan.te is None else [float(t) for t in scan.te],
-                  "field_strength_t": scan.b0_tesla, "echoes": scan.n_echoes,
+                  "field_strength_t": scan.field_strength, "echoes": scan.n_echoes,
                   "coils": int(scan.phase.shape[0]) if scan.has_coils else None,
                   "phase_sign": args.phase_sign},
         "geometry": geometry_record(scan),

@@ -26,9 +26,9 @@ from dlqsm.inference.resampling import GeometryPlan, masked_resample, plan_geome
 from dlqsm.inference.spec import ModelSpec, roi_triple
 from dlqsm.models.base import crop_to, pad_to_multiple
 from dlqsm.physics.geometry import (
+    as_b0_dir,
+    as_voxel_size,
     b0_dir_from_affine,
-    normalize_b0_dir,
-    normalize_voxel_size,
     voxel_size_from_affine,
 )
 
@@ -236,7 +236,7 @@ class Predictor:
                 raise InputError("the B0 direction is unknown.",
                                  fix="pass b0_dir (voxel coordinates) or the NIfTI affine.")
             b0_dir = b0_dir_from_affine(affine)
-        return normalize_voxel_size(voxel_size), normalize_b0_dir(b0_dir)
+        return as_voxel_size(voxel_size), as_b0_dir(b0_dir)  # trusted if validated already
 
     def memory_estimate(self, shape: Sequence[int]) -> dict:
         """Estimated bytes for whole-volume inference at ``shape`` and the budget available."""

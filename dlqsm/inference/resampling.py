@@ -15,7 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from dlqsm.inference.spec import ModelSpec
-from dlqsm.physics.geometry import normalize_b0_dir, normalize_voxel_size, rotation_matrix
+from dlqsm.physics.geometry import (
+    as_b0_dir,
+    as_voxel_size,
+    normalize_b0_dir,
+    normalize_voxel_size,
+    rotation_matrix,
+)
 
 
 def rotation_to_axis(b0_dir, axis=(0.0, 0.0, 1.0)) -> np.ndarray:
@@ -132,11 +138,11 @@ def plan_geometry(spec: ModelSpec, shape, voxel_size, b0_dir) -> GeometryPlan:
     over a range of voxel sizes that contains it; otherwise it takes the training voxel size
     (:meth:`ModelSpec.target_voxel_size`).
     """
-    vox = normalize_voxel_size(voxel_size)
-    b0 = normalize_b0_dir(b0_dir)
+    vox = as_voxel_size(voxel_size)  # a Scan's validated values are not checked again
+    b0 = as_b0_dir(b0_dir)
     rot = np.eye(3) if spec.b0_aware else rotation_to_axis(b0, spec.b0_axis)
     rotated = not np.allclose(rot, np.eye(3), atol=1e-7)
-    model_vox = spec.target_voxel_size(np.full(3, vox.min()) if rotated else vox)
+    model_vox = as_voxel_size(spec.target_voxel_size(np.full(3, min(vox)) if rotated else vox))
     net_b0 = b0 if spec.b0_aware else np.asarray(spec.b0_axis)
     angle = math.degrees(math.acos(float(np.clip((np.trace(rot) - 1) / 2, -1, 1))))
     return GeometryPlan(GridResampler(shape, vox, model_vox, rot),

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from dlqsm.physics.fft import as_triple, crop3, irfft3, kspace_grid, pad3, rfft3
-from dlqsm.physics.geometry import normalize_b0_dir, normalize_voxel_size
+from dlqsm.physics.geometry import B0Dir, as_voxel_size, normalize_b0_dir, normalize_voxel_size
 from dlqsm.physics.operators import LinearOperator
 
 
@@ -28,6 +28,8 @@ def _b0_tensor(b0_dir, device, dtype) -> torch.Tensor:
         if torch.any(norm == 0):
             raise ValueError("B0 direction must be non-zero")
         return b / norm
+    if isinstance(b0_dir, B0Dir):  # validated already: not checked again
+        return torch.tensor([b0_dir], device=device, dtype=dtype)
     b = np.asarray(b0_dir, dtype=np.float64)
     if b.ndim == 1:
         b = normalize_b0_dir(b)[None]
@@ -119,7 +121,7 @@ class DipoleOperator(LinearOperator):
     def __init__(self, shape, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), *,
                  padding=0, device=None, dtype=torch.float32):
         self.shape = tuple(int(s) for s in shape)
-        self.voxel_size = tuple(float(v) for v in normalize_voxel_size(voxel_size))
+        self.voxel_size = as_voxel_size(voxel_size)
         self.padding = as_triple(padding)
         self.padded_shape = tuple(s + 2 * p for s, p in zip(self.shape, self.padding, strict=True))
         self.kernel = dipole_kernel(self.padded_shape, self.voxel_size, b0_dir, half=True,

@@ -8,6 +8,9 @@ built on the voxel grid of the file without resampling. Oblique slices are the c
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from dlqsm.errors import InputError
@@ -42,8 +45,43 @@ def b0_dir_from_affine(affine, b0_world=(0.0, 0.0, 1.0)) -> np.ndarray:
     return bv / np.linalg.norm(bv)
 
 
-def normalize_b0_dir(b0_dir) -> np.ndarray:
-    """Validate and normalise a user-given B0 vector to unit length."""
+class VoxelSize(tuple):
+    """A validated voxel size: three positive finite floats, mm, one per array axis.
+
+    Built by :func:`as_voxel_size` (or ``VoxelSize(value)``), which checks once; functions that
+    receive a ``VoxelSize`` trust it (:func:`normalize_voxel_size` returns it without checking
+    again). It is a tuple, so it compares equal to ``(1.0, 1.0, 1.0)``.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, value=(1.0, 1.0, 1.0)):
+        if isinstance(value, VoxelSize):
+            return value
+        if isinstance(value, Iterator):  # e.g. dataclasses.asdict rebuilding a field
+            value = list(value)
+        return super().__new__(cls, (float(v) for v in _validated_voxel_size(value)))
+
+
+class B0Dir(tuple):
+    """A validated B0 direction: a unit 3-vector (floats) in voxel coordinates.
+
+    Built by :func:`as_b0_dir` (or ``B0Dir(value)``), which checks and normalises once;
+    functions that receive a ``B0Dir`` trust it (:func:`normalize_b0_dir` does not re-check it).
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, value=(0.0, 0.0, 1.0)):
+        if isinstance(value, B0Dir):
+            return value
+        if isinstance(value, Iterator):
+            value = list(value)
+        return super().__new__(cls, (float(v) for v in _validated_b0_dir(value)))
+
+
+def _validated_b0_dir(b0_dir) -> np.ndarray:
+    """The one check of a B0 direction: three finite numbers, not all 0 -> unit vector."""
     b = np.asarray(b0_dir, dtype=np.float64).reshape(-1)
     if b.shape != (3,) or not np.all(np.isfinite(b)):
         raise InputError(f"a B0 direction needs three finite numbers, got {b0_dir!r}.")
@@ -53,14 +91,128 @@ def normalize_b0_dir(b0_dir) -> np.ndarray:
     return b / n
 
 
-def normalize_voxel_size(voxel_size) -> np.ndarray:
-    """Validate a voxel size: three positive finite numbers (mm)."""
+def _validated_voxel_size(voxel_size) -> np.ndarray:
+    """The one check of a voxel size: one or three positive finite numbers (mm) -> (3,)."""
     v = np.asarray(voxel_size, dtype=np.float64).reshape(-1)
     if v.size == 1:
         v = np.repeat(v, 3)
     if v.shape != (3,) or not np.all(np.isfinite(v)) or np.any(v <= 0):
         raise InputError(f"a voxel size needs three positive numbers in mm, got {voxel_size!r}.")
     return v
+
+
+def as_voxel_size(voxel_size) -> VoxelSize:
+    """Validate a voxel size once (one or three positive finite numbers, mm) -> :class:`VoxelSize`;
+    a ``VoxelSize`` is returned as it is.
+
+    Raises:
+        InputError: not one or three positive finite numbers.
+    """
+    return VoxelSize(voxel_size)
+
+
+def as_b0_dir(b0_dir) -> B0Dir:
+    """Validate and normalise a B0 direction once -> :class:`B0Dir` (unit vector, voxel
+    coordinates); a ``B0Dir`` is returned as it is.
+
+    Raises:
+        InputError: not three finite numbers, or the zero vector.
+    """
+    return B0Dir(b0_dir)
+
+
+def normalize_b0_dir(b0_dir) -> np.ndarray:
+    """A B0 vector as a unit numpy vector (3,): checked and normalised, unless it is a
+    :class:`B0Dir` (validated already: returned as an array, not checked again)."""
+    if isinstance(b0_dir, B0Dir):
+        return np.array(b0_dir, dtype=np.float64)
+    return _validated_b0_dir(b0_dir)
+
+
+def normalize_voxel_size(voxel_size) -> np.ndarray:
+    """A voxel size as a numpy vector (3,) in mm: checked (three positive finite numbers, or one
+    for all axes), unless it is a :class:`VoxelSize` (validated already: not checked again)."""
+    if isinstance(voxel_size, VoxelSize):
+        return np.array(voxel_size, dtype=np.float64)
+    return _validated_voxel_size(voxel_size)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The validated geometry of a volume: grid shape, voxel size, B0 direction, affine.
+
+    Build it with :meth:`Geometry.create` (the one place these values are checked, at the
+    boundary: the scan loader, the command line, dataset loaders) and pass it (or its
+    ``voxel_size`` / ``b0_dir``) down: the stages trust it.
+
+    Attributes:
+        shape: spatial shape (X, Y, Z), three positive ints.
+        voxel_size: :class:`VoxelSize`, mm.
+        b0_dir: :class:`B0Dir`, unit vector in voxel coordinates.
+        affine: (4, 4) voxel-to-world (RAS+) matrix (read-only array), or None.
+    """
+
+    shape: tuple[int, int, int]
+    voxel_size: VoxelSize
+    b0_dir: B0Dir
+    affine: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def create(cls, shape, voxel_size, b0_dir=(0.0, 0.0, 1.0), affine=None) -> Geometry:
+        """Check every value once and return the geometry.
+
+        Args:
+            shape: (X, Y, Z) (a longer shape's last three entries are used).
+            voxel_size: one or three positive numbers, mm (a :class:`VoxelSize` is trusted).
+            b0_dir: three numbers, not all zero; normalised (a :class:`B0Dir` is trusted).
+            affine: optional (4, 4) finite matrix.
+
+        Raises:
+            InputError: naming the bad value.
+        """
+        sp = tuple(int(s) for s in tuple(shape)[-3:])
+        if len(sp) != 3 or any(s <= 0 for s in sp):
+            raise InputError(f"a volume needs three positive grid sizes, got {tuple(shape)}.")
+        aff = None
+        if affine is not None:
+            aff = np.array(affine, dtype=np.float64)
+            if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
+                raise InputError(f"the affine must be a finite 4x4 matrix, got shape "
+                                 f"{aff.shape}.")
+            aff.setflags(write=False)
+        return cls(sp, as_voxel_size(voxel_size), as_b0_dir(b0_dir), aff)
+
+    @classmethod
+    def from_affine(cls, shape, affine, *, voxel_size=None, b0_dir=None,
+                    path=None) -> Geometry:
+        """The geometry of a NIfTI grid: voxel size and B0 direction from the affine (world +z)
+        unless given, every value checked once.
+
+        Args:
+            shape: (X, Y, Z).
+            affine: (4, 4) voxel-to-world (RAS+) matrix.
+            voxel_size, b0_dir: explicit values (they win over the affine's).
+            path: the file (or "command line") the affine came from, for error messages.
+
+        Raises:
+            InputError: a non-finite or non-4x4 affine, a zero voxel size from the affine, a
+                singular affine without an explicit B0 direction, or a bad explicit value.
+        """
+        aff = np.array(affine, dtype=np.float64)
+        if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
+            raise InputError(f"the affine must be a finite 4x4 matrix, got shape {aff.shape}.",
+                             path=path)
+        if voxel_size is None:
+            vox = voxel_size_from_affine(aff)
+            if np.any(vox <= 0):
+                raise InputError("the affine gives a zero voxel size.", path=path,
+                                 fix="repair the NIfTI header or pass --voxel-size.")
+            voxel_size = vox
+        if b0_dir is None:
+            b0_dir = b0_dir_from_affine(aff)
+        aff.setflags(write=False)
+        sp = tuple(int(s) for s in tuple(shape)[-3:])
+        return cls(sp, as_voxel_size(voxel_size), as_b0_dir(b0_dir), aff)
 
 
 def rotation_matrix(axis, angle_rad: float) -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from dlqsm.physics.fft import kspace_grid, rfft3
-from dlqsm.physics.geometry import normalize_voxel_size
+from dlqsm.physics.geometry import as_voxel_size, normalize_voxel_size
 
 
 def sphere_mask(shape, voxel_size, radius_mm: float, *, device=None) -> torch.Tensor:
@@ -30,7 +30,7 @@ def smv_kernel(shape, voxel_size, radius_mm: float, *, device=None,
     Multiplying a field's spectrum by S gives its spherical mean over a ball of ``radius_mm``;
     harmonic (background) fields are unchanged by it, so (1 - S) removes them.
     """
-    ball = sphere_mask(shape, voxel_size, radius_mm, device=device)
+    ball = sphere_mask(shape, as_voxel_size(voxel_size), radius_mm, device=device)
     ball = ball.to(dtype) / ball.sum().item()
     return rfft3(ball).real
 

@@ -108,7 +108,7 @@ import torch
 from dlqsm.errors import InputError
 from dlqsm.physics.dipole import DipoleOperator
 from dlqsm.physics.fft import fft_friendly, irfft3, rfft3
-from dlqsm.physics.geometry import normalize_b0_dir, normalize_voxel_size
+from dlqsm.physics.geometry import as_b0_dir, as_voxel_size
 from dlqsm.physics.kernels import laplacian_kernel, smv_kernel, sphere_mask
 from dlqsm.physics.operators import Gradient
 from dlqsm.pipeline.solvers import cg
@@ -594,8 +594,8 @@ def remove_background(total_field, mask, *, method: str = DEFAULT_METHOD,
         raise InputError(f"unknown parameter(s) {unknown} for background method {method!r}.",
                          fix=f"valid ones: {sorted(impl.__kwdefaults__ or {})}.")
     f, m, w = _validate(total_field, mask, weight)
-    vox = tuple(float(v) for v in normalize_voxel_size(voxel_size))
-    b0 = normalize_b0_dir(b0_dir)
+    vox = as_voxel_size(voxel_size)  # checked here unless validated already (a Scan's grid)
+    b0 = as_b0_dir(b0_dir)
     return impl(f, m, vox, b0, w, progress, **params)
 
 

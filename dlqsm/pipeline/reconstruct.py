@@ -149,9 +149,11 @@ def resolve_parameters(kind: str = "raw", *, has_coils: bool = False, unwrap: st
     Raises:
         InputError: unknown methods, stages or parameter names (before any work is done).
     """
-    methods = _methods(unwrap, echo_fit, bfr, method)
-    stage_params = check_parameters(stage_params, unwrap=unwrap, echo_fit=echo_fit, bfr=bfr,
-                                    method=method)
+    if not (isinstance(stage_params, CheckedParameters)
+            and stage_params.methods == (unwrap, echo_fit, bfr, method)):
+        stage_params = check_parameters(stage_params, unwrap=unwrap, echo_fit=echo_fit, bfr=bfr,
+                                        method=method)
+    methods = _method_table(unwrap, echo_fit, bfr, method)
     out = {}
     for stage in stages_for(kind, has_coils, invert=method is not None):
         defaults = _stage_defaults(stage, methods[stage])
@@ -163,12 +165,27 @@ def resolve_parameters(kind: str = "raw", *, has_coils: bool = False, unwrap: st
     return out
 
 
+class CheckedParameters(dict):
+    """``{stage: {name: value}}`` as returned by :func:`check_parameters`: checked for the
+    methods in ``methods`` (unwrap, echo_fit, bfr, method). :func:`resolve_parameters` (and so
+    :func:`reconstruct`) trusts it for the same methods instead of checking again, so that a
+    command that checks its ``--param`` values before loading data checks them once."""
+
+    def __init__(self, params: dict, methods: tuple):
+        super().__init__(params)
+        self.methods = methods
+
+
 def _methods(unwrap, echo_fit, bfr, method) -> dict:
     _check_choice("unwrapping method", unwrap, UNWRAP_METHODS)
     _check_choice("echo fit", echo_fit, ECHO_FIT_METHODS)
     _check_choice("background removal method", bfr, tuple(background.METHODS))
     if method is not None:
         _check_choice("inversion method", method, tuple(inversion.METHODS))
+    return _method_table(unwrap, echo_fit, bfr, method)
+
+
+def _method_table(unwrap, echo_fit, bfr, method) -> dict:
     return {"coil": None, "mask": None, "unwrap": unwrap, "echo_fit": echo_fit, "bfr": bfr,
             "inversion": method}
 
@@ -178,7 +195,9 @@ def check_parameters(stage_params: dict | None, *, unwrap: str = "romeo", echo_f
     """Check method names and the *given* stage parameters (cheap; before loading data).
 
     Returns:
-        ``{stage: dict(params)}`` (a copy). Raises InputError naming the bad stage or key.
+        ``{stage: dict(params)}`` (a copy, a :class:`CheckedParameters` that
+        :func:`reconstruct` does not check again). Raises InputError naming the bad stage or
+        key.
     """
     methods = _methods(unwrap, echo_fit, bfr, method)
     stage_params = {k: dict(v or {}) for k, v in (stage_params or {}).items()}
@@ -200,7 +219,7 @@ def check_parameters(stage_params: dict | None, *, unwrap: str = "romeo", echo_f
                              fix=f"valid ones: {', '.join(sorted(defaults)) or 'none'}.")
         check_parameter_types(given, defaults, what=f"{stage} ({methods[stage]})"
                               if methods[stage] else stage)
-    return stage_params
+    return CheckedParameters(stage_params, (unwrap, echo_fit, bfr, method))
 
 
 def _check_choice(what: str, value: str, choices) -> None:
@@ -328,8 +347,8 @@ class _State:
     def __init__(self, scan: Scan, dev, params, clock, progress, erosion_mm):
         self.scan, self.dev, self.params, self.clock = scan, dev, params, clock
         self.progress, self.erosion_mm = progress, erosion_mm
-        self.vox = tuple(float(v) for v in scan.voxel_size)
-        self.b0_dir = tuple(float(b) for b in scan.b0_dir)
+        self.vox = scan.grid.voxel_size  # validated once by the Scan; trusted below
+        self.b0_dir = scan.grid.b0_dir
         self.info: dict = {}
         self.notices: list[str] = []
         self.mask = _tensor(scan.mask, dev, torch.bool)
@@ -408,7 +427,7 @@ class _State:
             raise InputError(f"mask.max_field_step must be a positive number of rad or None, "
                              f"got {step!r}.")
         te1 = float(np.min(self.scan.te))
-        step_ppm = float(phase_to_ppm(float(step), te1, self.scan.b0_tesla))
+        step_ppm = float(phase_to_ppm(float(step), te1, self.scan.field_strength))
         bad = masking.field_step_mask(self.total_field, self.mask, step_ppm)
         n_bad = int(bad.sum())
         self.info["mask"].update(field_step_ppm=step_ppm, unreliable_voxels=n_bad)
@@ -475,8 +494,9 @@ def _combine_coils(mag, phase, scan: Scan, params: dict):
 
     if mag is None:
         mag = torch.ones_like(phase)
-    out = coil.combine_coils(None, scan.te, magnitude=mag, phase=phase, voxel_size=scan.voxel_size,
-                             method=params["method"], smoothing_mm=params["smoothing_mm"])
+    out = coil.combine_coils(None, scan.te, magnitude=mag, phase=phase,
+                             voxel_size=scan.grid.voxel_size, method=params["method"],
+                             smoothing_mm=params["smoothing_mm"])
     return out.magnitude, out.phase, {"method": out.method, "coils": int(phase.shape[0])}
 
 
@@ -492,7 +512,7 @@ def _fit_echoes(unwrapped, mag, mask, scan: Scan, params: dict) -> dict:
     from dlqsm.pipeline import echoes
 
     kw = {k: v for k, v in params.items() if k != "method"}
-    fit = echoes.fit_echoes(unwrapped, scan.te, scan.b0_tesla, mag, mask,
+    fit = echoes.fit_echoes(unwrapped, scan.te, scan.field_strength, mag, mask,
                             nonlinear=params["method"] == "nonlinear", **kw)
     return {"field": fit.field_ppm, "noise": fit.noise_ppm, "residual": fit.residual,
             "info": {"method": params["method"], "noise_std": fit.noise_std}}
@@ -514,4 +534,5 @@ def _magnitude_3d(mag: torch.Tensor | None) -> torch.Tensor | None:
 
 def _phase_scale(scan: Scan) -> float:
     """rad per ppm at the scan's field strength and mean echo time (MEDI/NDI nonlinearity)."""
-    return float(2 * math.pi * GAMMA_HZ_PER_T * scan.b0_tesla * float(np.mean(scan.te)) * 1e-6)
+    te = float(np.mean(scan.te))
+    return float(2 * math.pi * GAMMA_HZ_PER_T * scan.field_strength * te * 1e-6)

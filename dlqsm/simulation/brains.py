@@ -52,6 +52,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -438,10 +439,11 @@ class BrainConfig:
     n_echoes: int = 4
     first_te: float | Sequence[float] = (0.003, 0.006)
     delta_te: float | Sequence[float] = (0.003, 0.008)
-    b0_tesla: float | Sequence[float] = 3.0
+    field_strength: float | Sequence[float] = 3.0
     background: str | None = None
     background_params: dict | None = None
     shim_ppm: float = 0.05
+    b0_tesla: float | Sequence[float] | None = None  # deprecated name of field_strength
 
     def __post_init__(self):
         self.shape = tuple(int(s) for s in self.shape)
@@ -452,11 +454,16 @@ class BrainConfig:
         if int(self.fine_factor) < 1:
             raise ValueError(f"fine_factor must be >= 1, got {self.fine_factor}")
         self.background_params = dict(self.background_params or {})
+        if self.b0_tesla is not None:
+            warnings.warn("the brain simulation setting 'b0_tesla' is deprecated; use "
+                          "'field_strength'.", DeprecationWarning, stacklevel=3)
+            self.field_strength, self.b0_tesla = self.b0_tesla, None
 
     def as_dict(self) -> dict:
         """Plain JSON-able settings."""
         d = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()
+                if k != "b0_tesla"}
 
 
 def _choice(generator, value) -> float:
@@ -840,7 +847,7 @@ def simulate_brain(config: BrainConfig, generator: torch.Generator) -> tuple[dic
     vox, b0 = geom.vox, geom.b0
     pad = tuple(int(n * cfg.padding_fraction) for n in geom.shape)
     te = echo_times(g, cfg.n_echoes, first_te=cfg.first_te, delta_te=cfg.delta_te)
-    b0t = _choice(g, cfg.b0_tesla)
+    b0t = _choice(g, cfg.field_strength)
     snr = None if cfg.snr is None else uniform_scalar(g, cfg.snr)
     meta = {
         "source": "brain",
@@ -933,7 +940,8 @@ class BrainDataset(SeededDataset):
         lesion_prob: share of samples with haemorrhages / calcifications.
         padding_fraction: zero padding of the dipole convolution, fraction of the matrix per side.
         snr: mean M0 in the brain / complex noise std (number, range, or None: no noise);
-            n_echoes, first_te, delta_te, b0_tesla: the multi-echo acquisition behind the
+            n_echoes, first_te, delta_te, field_strength (T; formerly ``b0_tesla``, still
+            accepted with a DeprecationWarning): the multi-echo acquisition behind the
             echo-fit noise map (:func:`echo_fit_noise_ppm`).
         background: None (the local field exactly) or a background removal method of
             :func:`dlqsm.pipeline.background.remove_background` (e.g. "pdf", "vsharp") run on

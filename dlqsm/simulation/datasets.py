@@ -111,12 +111,13 @@ class SimulationConfig:
     n_echoes: int = 4
     first_te: float | Sequence[float] = (0.003, 0.006)
     delta_te: float | Sequence[float] = (0.003, 0.008)
-    b0_tesla: float | Sequence[float] = 3.0
+    field_strength: float | Sequence[float] = 3.0
     snr: float | Sequence[float] | None = (20.0, 100.0)
     shim_ppm: float = 0.0
     phase_offset: bool = True
     extra: dict = field(default_factory=dict)
     chi_scale: float | Sequence[float] | None = None  # deprecated name of chi_multiplier
+    b0_tesla: float | Sequence[float] | None = None  # deprecated name of field_strength
 
     def __post_init__(self):
         self.shape = tuple(int(s) for s in self.shape)
@@ -126,6 +127,9 @@ class SimulationConfig:
         if self.chi_scale is not None:
             _deprecated("chi_scale", "chi_multiplier")
             self.chi_multiplier, self.chi_scale = self.chi_scale, None
+        if self.b0_tesla is not None:
+            _deprecated("b0_tesla", "field_strength")
+            self.field_strength, self.b0_tesla = self.b0_tesla, None
         self.voxel_size, self.voxel_size_range = voxel_size_settings(self.voxel_size,
                                                                      self.voxel_size_range)
 
@@ -137,7 +141,7 @@ class SimulationConfig:
     def as_dict(self) -> dict:
         """Plain JSON-able dict of the settings (ShapeSpecs as dicts)."""
         d = asdict(self)
-        return {k: v for k, v in d.items() if k not in ("extra", "chi_scale")}
+        return {k: v for k, v in d.items() if k not in ("extra", "chi_scale", "b0_tesla")}
 
 
 def _deprecated(old: str, new: str) -> None:
@@ -322,7 +326,7 @@ class Simulator:
                                                  device=dev)
             te = echo_times(generator, cfg.n_echoes, first_te=cfg.first_te,
                             delta_te=cfg.delta_te)
-            b0t = _choice(generator, cfg.b0_tesla)
+            b0t = _choice(generator, cfg.field_strength)
             if sources[i] == "shapes":
                 m0, r2 = random_m0_r2star(cfg.shape, v, generator, chi=chi_all[i],
                                           b0_tesla=b0t, device=dev)
@@ -427,7 +431,8 @@ class SimulatedQSMDataset(SeededDataset):
         head_rotation_deg: random head rotation per axis (degrees).
         signal: also simulate multi-echo GRE magnitude/phase and the total field.
         n_echoes, first_te, delta_te: echo train (s; numbers or ranges).
-        b0_tesla: field strength, a number or a list to choose from.
+        field_strength: B0 in T, a number or a list to choose from (formerly ``b0_tesla``,
+            still accepted with a DeprecationWarning; samples keep the key ``b0_tesla``).
         snr: signal-to-noise ratio of M0 (number, range or None for no noise).
         shim_ppm: amplitude of a random second-order shim residual in the total field.
         phase_offset: add a smooth random phase offset.

@@ -85,7 +85,8 @@ class _WithMeta(Dataset):
         return self.dataset.sample_with_meta(self.indices[i])
 
 
-RENAMED_SETTINGS = {"chi_scale": "chi_multiplier", "padding": "padding_fraction"}
+RENAMED_SETTINGS = {"chi_scale": "chi_multiplier", "padding": "padding_fraction",
+                    "b0_tesla": "field_strength"}
 """Settings stored under an older name in ``dataset.json`` (old -> new), for resuming."""
 
 

@@ -26,7 +26,7 @@ def test_bids_dataset_loads_one_run(bids_root):
     assert scan.kind == "raw"
     assert scan.phase.shape == (3, *SHAPE) and scan.magnitude.shape == (3, *SHAPE)
     np.testing.assert_allclose(scan.te, TE)
-    assert scan.b0_tesla == 3.0
+    assert scan.field_strength == 3.0
     np.testing.assert_allclose(scan.affine, AFFINE)
     np.testing.assert_allclose(scan.voxel_size, [1.0, 1.2, 1.5])
     np.testing.assert_allclose(scan.b0_dir, b0_dir_from_affine(AFFINE))
@@ -39,12 +39,12 @@ def test_subject_folder_and_inherited_sidecar(bids_root):
     # field strength only in a dataset-level sidecar: inherited by every image
     write_json(bids_root / "MEGRE.json", {"MagneticFieldStrength": 7.0})
     scan = load_scan(bids_root)
-    assert scan.b0_tesla == 7.0
+    assert scan.field_strength == 7.0
     # a subject folder alone is not a dataset root: the inherited value is then missing
     with pytest.raises(InputError, match="MagneticFieldStrength") as err:
         load_scan(bids_root / "sub-01")
     assert "sub-01_echo-1_part-phase_MEGRE.json" in str(err.value)
-    assert load_scan(bids_root / "sub-01", field_strength=7).b0_tesla == 7.0
+    assert load_scan(bids_root / "sub-01", field_strength=7).field_strength == 7.0
 
 
 def test_several_runs_need_a_choice(bids_root):
@@ -54,7 +54,7 @@ def test_several_runs_need_a_choice(bids_root):
     with pytest.raises(InputError, match=r"3 MEGRE runs.*--subject") as err:
         load_scan(bids_root)
     assert "sub-02_run-2" in str(err.value) and str(bids_root) in str(err.value)
-    assert load_scan(bids_root, subject="sub-01").b0_tesla == 3.0
+    assert load_scan(bids_root, subject="sub-01").field_strength == 3.0
     with pytest.raises(InputError, match="2 MEGRE runs"):
         load_scan(bids_root, subject="02")
     scan = load_scan(bids_root, subject="02", select="run-2")

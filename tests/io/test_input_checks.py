@@ -17,16 +17,17 @@ FIELD = np.linspace(-0.1, 0.1, 64, dtype=np.float32).reshape(4, 4, 4)
 
 def test_field_units_convert_to_ppm():
     hz = ppm_to_hz(FIELD.astype(np.float64), 3.0)
-    np.testing.assert_allclose(field_to_ppm(hz, "hz", kind="local_field", b0_tesla=3.0), FIELD,
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(field_to_ppm(hz, "hz", kind="local_field", field_strength=3.0),
+                               FIELD, rtol=1e-5, atol=1e-7)
     rad = ppm_to_phase(FIELD.astype(np.float64), 0.02, 7.0)
-    np.testing.assert_allclose(field_to_ppm(rad, "rad", kind="local_field", te=[20], b0_tesla=7),
-                               FIELD, rtol=1e-5, atol=1e-7)  # TE 20 read as ms
+    np.testing.assert_allclose(
+        field_to_ppm(rad, "rad", kind="local_field", te=[20], field_strength=7), FIELD,
+        rtol=1e-5, atol=1e-7)  # TE 20 read as ms
     assert field_to_ppm(FIELD * 100, "ppm", kind="local_field") is not None  # as given
     with pytest.raises(InputError, match="needs the field strength"):
         field_to_ppm(hz, "hz", kind="local_field")
     with pytest.raises(InputError, match="exactly one echo time"):
-        field_to_ppm(rad, "rad", kind="local_field", te=[0.01, 0.02], b0_tesla=3)
+        field_to_ppm(rad, "rad", kind="local_field", te=[0.01, 0.02], field_strength=3)
 
 
 def test_plausibility_of_ppm_fields():

@@ -38,7 +38,7 @@ def test_raw_artifacts(tmp_path):
     assert scan.kind == "raw" and scan.phase.shape == (3, *SHAPE)
     np.testing.assert_allclose(scan.phase, true_phase(3), atol=1e-6)
     np.testing.assert_allclose(scan.te, TE)
-    assert scan.b0_tesla == 7.0
+    assert scan.field_strength == 7.0
     np.testing.assert_allclose(scan.b0_dir, [0.0, 0.6, 0.8])  # params win over the affine
     assert scan.mask.dtype == bool and scan.mask.sum() == 4 * 3 * 2
     np.testing.assert_allclose(scan.affine, AFFINE)

@@ -19,7 +19,7 @@ def test_raw_head_to_chi_nrmse():
     case = simulate_head_case((82, 103, 103), 1.0, seed=0, snr=50.0,
                               te=(0.004, 0.010, 0.016, 0.022), lesion_prob=0.0)
     scan = Scan(phase=case.phase.numpy(), magnitude=case.magnitude.numpy(), te=case.te.numpy(),
-                b0_tesla=case.b0_tesla, affine=case.affine, mask=case.mask.numpy())
+                field_strength=case.b0_tesla, affine=case.affine, mask=case.mask.numpy())
     res = reconstruct(scan, bfr="pdf", method="tv", progress=False)
     raw = float(nrmse(res.chimap, case.chi, case.mask))
     assert raw < 60.0  # measured 54.3

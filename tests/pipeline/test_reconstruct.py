@@ -94,7 +94,7 @@ def _score(res: ReconstructionResult, ph: dict) -> float:
 
 
 def _raw_scan(ph, affine=None, mask=True, **kw):
-    return Scan(phase=ph["phase"], magnitude=ph["magnitude"], te=TE, b0_tesla=B0,
+    return Scan(phase=ph["phase"], magnitude=ph["magnitude"], te=TE, field_strength=B0,
                 affine=affine, mask=ph["mask"] if mask else None, **kw)
 
 
@@ -245,7 +245,7 @@ def test_simulated_head_with_coils():
     case = simulate_head_case((40, 48, 40), (4.2, 4.4, 4.6), b0_dir=b0, seed=3, snr=60,
                               n_coils=4, lesion_prob=0.0)
     scan = Scan(phase=case.coil_phase.numpy(), magnitude=case.coil_magnitude.numpy(),
-                te=case.te.numpy(), b0_tesla=case.b0_tesla, affine=case.affine,
+                te=case.te.numpy(), field_strength=case.b0_tesla, affine=case.affine,
                 mask=case.mask.numpy())
     np.testing.assert_allclose(scan.b0_dir, b0, atol=1e-6)
     assert scan.has_coils

@@ -5,18 +5,15 @@ Built by :func:`dlqsm.io.scan.load_scan` (or directly, e.g. from simulated data)
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from dlqsm.errors import InputError
 from dlqsm.io.scan.values import check_echo_times, check_field_strength
-from dlqsm.physics.geometry import (
-    b0_dir_from_affine,
-    normalize_b0_dir,
-    normalize_voxel_size,
-    voxel_size_from_affine,
-)
+from dlqsm.physics.geometry import Geometry, as_voxel_size
 
 
 def _shape(a) -> tuple[int, ...]:
@@ -33,11 +30,14 @@ class Scan:
         magnitude: same shape as ``phase`` (arbitrary units); optional. Field inputs may carry
             one too, (E, X, Y, Z), for magnitude-weighted inversions (MEDI).
         te: echo times in s, (E,), strictly increasing.
-        b0_tesla: field strength in T.
+        field_strength: B0 in T (``b0_tesla`` is its deprecated name, keyword and attribute).
         affine: (4, 4) voxel-to-world (RAS+) matrix of every volume; defaults to
             ``diag(voxel_size)`` when not given.
         b0_dir: unit B0 vector in voxel coordinates (3,); from the affine (world +z) unless given.
         voxel_size: mm (3,); from the affine unless given.
+        grid: the validated :class:`~dlqsm.physics.geometry.Geometry` (shape, voxel size, B0
+            direction, affine), built once here; ``affine``, ``voxel_size`` and ``b0_dir`` are
+            read-only arrays of the same values. The stages below take ``grid`` and trust it.
         mask: boolean (X, Y, Z) brain mask; optional for raw input (computed then).
         local_field / total_field: (X, Y, Z) fields in ppm for field inputs.
         sources: input file paths by role (for records).
@@ -52,7 +52,7 @@ class Scan:
     phase: object | None = None
     magnitude: object | None = None
     te: np.ndarray | None = None
-    b0_tesla: float | None = None
+    field_strength: float | None = None
     affine: np.ndarray | None = None
     b0_dir: np.ndarray | None = None
     voxel_size: np.ndarray | None = None
@@ -63,30 +63,31 @@ class Scan:
     notices: list[str] = field(default_factory=list)
     geometry: dict = field(default_factory=dict)
     missing: dict = field(default_factory=dict, repr=False)
+    grid: Geometry = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        if self.voxel_size is not None:
-            self.voxel_size = normalize_voxel_size(self.voxel_size)
-        if self.affine is None:
-            vox = self.voxel_size if self.voxel_size is not None else np.ones(3)
-            self.affine = np.diag([*vox, 1.0])
-        self.affine = np.asarray(self.affine, dtype=np.float64)
-        if self.affine.shape != (4, 4) or not np.all(np.isfinite(self.affine)):
-            raise InputError(f"the affine must be a finite 4x4 matrix, got shape "
-                             f"{self.affine.shape}.", path=self.sources.get("affine"))
-        if self.voxel_size is None:
-            self.voxel_size = voxel_size_from_affine(self.affine)
-            if np.any(self.voxel_size <= 0):
-                raise InputError("the affine gives a zero voxel size.",
-                                 path=self.sources.get("affine"),
-                                 fix="repair the NIfTI header or pass --voxel-size.")
-        if self.b0_dir is None:
-            self.b0_dir = b0_dir_from_affine(self.affine)
-        else:
-            self.b0_dir = normalize_b0_dir(self.b0_dir)
+        affine = self.affine
+        if affine is None:
+            vox = (1.0, 1.0, 1.0)
+            if self.voxel_size is not None:
+                vox = self.voxel_size = as_voxel_size(self.voxel_size)
+            affine = np.diag([*vox, 1.0])
         if self.te is not None:
             self.te = np.asarray(self.te, dtype=np.float64).reshape(-1)
         self._validate()
+        # the one check of the geometry; below it, everything trusts ``grid``
+        self.grid = Geometry.from_affine(self.shape, affine, voxel_size=self.voxel_size,
+                                         b0_dir=self.b0_dir, path=self.sources.get("affine"))
+        self.affine = self.grid.affine
+        self.voxel_size = _read_only(self.grid.voxel_size)
+        self.b0_dir = _read_only(self.grid.b0_dir)
+
+    @property
+    def b0_tesla(self) -> float | None:
+        """Deprecated name of :attr:`field_strength` (T)."""
+        warnings.warn("Scan.b0_tesla is now Scan.field_strength.", DeprecationWarning,
+                      stacklevel=2)
+        return self.field_strength
 
     # ----------------------------------------------------------------------------------------
     @property
@@ -143,7 +144,7 @@ class Scan:
                     f"magnitude has shape {_shape(self.magnitude)} but phase has "
                     f"{_shape(self.phase)} (echo counts or grids differ).",
                     path=src.get("magnitude"), fix="give the magnitude of the same echoes.")
-            if self.te is None or self.b0_tesla is None:
+            if self.te is None or self.field_strength is None:
                 raise InputError("raw phase needs echo times and the field strength.",
                                  path=src.get("phase"), fix="pass --te ... and --field-strength.")
             if self.te.size != self.n_echoes:
@@ -152,7 +153,7 @@ class Scan:
                     path=src.get("te", src.get("phase")),
                     fix="give one echo time per echo, in seconds.")
             check_echo_times(self.te, path=src.get("te"))
-            check_field_strength(self.b0_tesla, path=src.get("b0"))
+            check_field_strength(self.field_strength, path=src.get("b0"))
         if self.phase is None and self.magnitude is not None and (
                 len(self.magnitude.shape) not in (4, 5) or _shape(self.magnitude)[-3:] != sp):
             raise InputError(f"magnitude has shape {_shape(self.magnitude)}; expected "
@@ -174,3 +175,28 @@ class Scan:
         if self.mask is not None and not bool((self.mask != 0).any()):
             raise InputError("the mask is empty (no voxel above 0).", path=src.get("mask"),
                              fix="give a mask with the brain voxels set to 1.")
+
+
+def _read_only(values) -> np.ndarray:
+    a = np.array(values, dtype=np.float64)
+    a.setflags(write=False)
+    return a
+
+
+def _accept_b0_tesla(init):
+    """Wrap the dataclass ``__init__`` so that the old keyword ``b0_tesla`` still works."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, b0_tesla=None, **kwargs):
+        if b0_tesla is not None:
+            warnings.warn("Scan(b0_tesla=...) is now Scan(field_strength=...).",
+                          DeprecationWarning, stacklevel=2)
+            if kwargs.get("field_strength") is not None:
+                raise TypeError("give field_strength or b0_tesla (deprecated), not both")
+            kwargs["field_strength"] = b0_tesla
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+Scan.__init__ = _accept_b0_tesla(Scan.__init__)

@@ -27,9 +27,9 @@ from dlqsm.io.scan.values import (
 )
 from dlqsm.physics.geometry import (
     angle_to_b0,
+    as_b0_dir,
+    as_voxel_size,
     b0_dir_from_affine,
-    normalize_b0_dir,
-    normalize_voxel_size,
 )
 
 B0_SOURCES = ("auto", "affine", "sidecar")
@@ -228,9 +228,10 @@ class _Parts:
         for key in ("total_field", "local_field"):
             if key in arrays:
                 arrays[key] = field_to_ppm(arrays[key], self.field_unit, kind=key,
-                                           mask=arrays.get("mask"), te=self.te, b0_tesla=self.b0,
-                                           path=sources[key], notices=notices)
-        vox = self._checked("voxel_size", normalize_voxel_size)
+                                           mask=arrays.get("mask"), te=self.te,
+                                           field_strength=self.b0, path=sources[key],
+                                           notices=notices)
+        vox = self._checked("voxel_size", as_voxel_size)
         sources["affine"] = str(ref.path)
         for key in ("b0_dir", "voxel_size"):
             if getattr(self, key) is not None:
@@ -241,7 +242,7 @@ class _Parts:
         if phase_sign == -1:
             notices.append("phase sign flipped (phase_sign=-1).")
         return Scan(phase=arrays.get("phase"), magnitude=arrays.get("magnitude"), te=te,
-                    b0_tesla=b0, affine=affine, b0_dir=b0_dir, voxel_size=vox,
+                    field_strength=b0, affine=affine, b0_dir=b0_dir, voxel_size=vox,
                     mask=arrays.get("mask"), local_field=arrays.get("local_field"),
                     total_field=arrays.get("total_field"), sources=sources, notices=notices,
                     geometry=geometry, missing={k: v for k, v in self.missing.items()
@@ -250,10 +251,10 @@ class _Parts:
     def _geometry(self, ref: NiftiVolume, vox):
         """(b0_dir, affine for the outputs, geometry record) by the rule of the module notes."""
         cli = self.where.get("b0_dir") == "command line"
-        given = self._checked("b0_dir", normalize_b0_dir)
+        given = self._checked("b0_dir", as_b0_dir)
         file_b0 = None
         if self.file_b0_dir is not None:
-            file_b0 = (normalize_b0_dir(self.file_b0_dir[0]), self.file_b0_dir[1])
+            file_b0 = (as_b0_dir(self.file_b0_dir[0]), self.file_b0_dir[1])
         elif given is not None and not cli:
             file_b0 = (given, self.where.get("b0_dir"))
         problem = ref.affine_problem
@@ -274,7 +275,7 @@ class _Parts:
         else:
             affine_b0 = b0_dir_from_affine(ref.affine)
         geometry["b0_dir_affine"] = None if affine_b0 is None else affine_b0.tolist()
-        geometry["b0_dir_sidecar"] = None if file_b0 is None else file_b0[0].tolist()
+        geometry["b0_dir_sidecar"] = None if file_b0 is None else list(file_b0[0])
         geometry["b0_dir_sidecar_file"] = None if file_b0 is None else str(file_b0[1])
         if cli:
             b0_dir, source, where = given, "command line", "command line"

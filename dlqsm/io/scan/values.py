@@ -9,6 +9,7 @@ and the echo/coil axis order. The rules are written in :mod:`dlqsm.io.scan`; the
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -61,13 +62,13 @@ def echo_times_to_seconds(te, *, notices: list[str] | None = None, path=None) ->
     return t
 
 
-def check_field_strength(b0_tesla, *, path=None) -> float:
+def check_field_strength(field_strength, *, path=None) -> float:
     """Validate the field strength: a positive number of tesla up to 25."""
     where = path if path is not None else "field strength"
     try:
-        b = float(b0_tesla)
+        b = float(field_strength)
     except (TypeError, ValueError):
-        raise InputError(f"the field strength must be a number (T), got {b0_tesla!r}.",
+        raise InputError(f"the field strength must be a number (T), got {field_strength!r}.",
                          path=where) from None
     if not math.isfinite(b) or b <= 0 or b > 25:
         raise InputError(f"the field strength must be in tesla (0 < B0 <= 25), got {b}.",
@@ -219,7 +220,8 @@ def mask_from_values(data: np.ndarray, *, path=None, notices=None) -> np.ndarray
 
 
 def field_to_ppm(data: np.ndarray, unit: str | None, *, kind: str, mask=None, te=None,
-                 b0_tesla=None, path=None, notices=None) -> np.ndarray:
+                 field_strength=None, path=None, notices=None,
+                 b0_tesla=None) -> np.ndarray:
     """A field image in ``unit`` -> ppm, checked for plausibility when ``unit`` is None.
 
     Args:
@@ -227,7 +229,8 @@ def field_to_ppm(data: np.ndarray, unit: str | None, *, kind: str, mask=None, te
         unit: None (ppm, checked), ``"ppm"`` (as given), ``"hz"`` or ``"rad"``.
         kind: ``"local_field"`` or ``"total_field"`` (sets the plausibility limit).
         mask: (X, Y, Z) bool; the check looks inside it (everywhere if None).
-        te: echo time in s (one value) for ``"rad"``. b0_tesla: field strength for hz/rad.
+        te: echo time in s (one value) for ``"rad"``. field_strength: B0 (T) for hz/rad
+            (``b0_tesla``: its deprecated name).
 
     Raises:
         InputError: a missing TE/B0 for a conversion, or implausible ppm values (with a hint).
@@ -236,11 +239,15 @@ def field_to_ppm(data: np.ndarray, unit: str | None, *, kind: str, mask=None, te
     if unit not in (None, *FIELD_UNITS):
         raise InputError(f"unknown field unit {unit!r}.",
                          fix=f"use one of {', '.join(FIELD_UNITS)}.")
-    if unit in ("hz", "rad") and b0_tesla is None:
+    if b0_tesla is not None:
+        warnings.warn("field_to_ppm(b0_tesla=...) is now field_to_ppm(field_strength=...).",
+                      DeprecationWarning, stacklevel=2)
+        field_strength = b0_tesla if field_strength is None else field_strength
+    if unit in ("hz", "rad") and field_strength is None:
         raise InputError(f"a {what} in {unit} needs the field strength to become ppm.",
                          path=path, fix="pass --field-strength (T).")
     if unit == "hz":
-        b0 = check_field_strength(b0_tesla)
+        b0 = check_field_strength(field_strength)
         _notice(notices, path, f"{what} converted from Hz to ppm at {b0:g} T.")
         return (hz_to_ppm(np.asarray(data, np.float64), b0)).astype(np.float32)
     if unit == "rad":
@@ -248,7 +255,7 @@ def field_to_ppm(data: np.ndarray, unit: str | None, *, kind: str, mask=None, te
         if t is None or t.size != 1:
             raise InputError(f"a {what} in rad needs exactly one echo time (the phase's TE).",
                              path=path, fix="pass --te T (s) with --field-strength.")
-        b0 = check_field_strength(b0_tesla)
+        b0 = check_field_strength(field_strength)
         te_s = float(check_echo_times(echo_times_to_seconds(t, notices=notices))[0])
         _notice(notices, path, f"{what} converted from rad to ppm (TE {te_s:g} s, {b0:g} T).")
         return (phase_to_ppm(np.asarray(data, np.float64), te_s, b0)).astype(np.float32)

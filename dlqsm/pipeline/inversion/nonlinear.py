@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from dlqsm.physics.geometry import normalize_voxel_size
+from dlqsm.physics.geometry import as_voxel_size
 from dlqsm.physics.operators import Gradient
 from dlqsm.pipeline import solvers
 from dlqsm.pipeline.inversion.problem import (
@@ -43,7 +43,7 @@ def edge_mask(magnitude: torch.Tensor, mask: torch.Tensor, voxel_size=(1.0, 1.0,
         (3, X, Y, Z) tensor of 0/1 in the dtype of ``magnitude``.
     """
     m = mask.to(magnitude.dtype)
-    g = Gradient(tuple(normalize_voxel_size(voxel_size))).forward(magnitude * m).abs_()
+    g = Gradient(as_voxel_size(voxel_size)).forward(magnitude * m).abs_()
     inside = g[:, m > 0]
     if inside.numel() == 0 or edge_fraction <= 0:
         return torch.ones_like(g)

@@ -17,7 +17,7 @@ import torch
 
 from dlqsm.physics.dipole import dipole_kernel
 from dlqsm.physics.fft import as_triple, irfft3, rfft3
-from dlqsm.physics.geometry import normalize_voxel_size
+from dlqsm.physics.geometry import as_voxel_size
 from dlqsm.physics.operators import Gradient
 
 COMMON_ARGS = ("voxel_size", "b0_dir", "weight", "magnitude", "padding", "progress")
@@ -67,7 +67,7 @@ class Problem:
         self.dtype = field.dtype if field.dtype in (torch.float32, torch.float64) else (
             torch.float32)
         self.in_shape = tuple(field.shape)
-        self.voxel_size = tuple(float(v) for v in normalize_voxel_size(voxel_size))
+        self.voxel_size = as_voxel_size(voxel_size)  # trusted when validated already
         pad = as_triple(padding)
         self.shape = tuple(fast_fft_len(n + 2 * p, even=(i == 2))
                            for i, (n, p) in enumerate(zip(self.in_shape, pad, strict=True)))

@@ -18,11 +18,12 @@ from collections.abc import Callable
 
 import torch
 
-from dlqsm.physics.geometry import normalize_voxel_size
+from dlqsm.physics.geometry import as_voxel_size
 from dlqsm.pipeline.inversion.closed_form import tikhonov, tkd, tsvd
 from dlqsm.pipeline.inversion.least_squares import ilsqr
 from dlqsm.pipeline.inversion.nonlinear import medi, ndi
 from dlqsm.pipeline.inversion.problem import COMMON_ARGS, InversionResult
+from dlqsm.pipeline.inversion.tfi import tfi
 from dlqsm.pipeline.inversion.total_variation import tv
 from dlqsm.pipeline.inversion.two_step import rts
 
@@ -35,6 +36,7 @@ METHODS: dict[str, Callable[..., InversionResult]] = {
     "medi": medi,
     "ndi": ndi,
     "rts": rts,
+    "tfi": tfi,
 }
 """Inversion methods by name: what ``invert(method=...)`` and ``--method`` accept."""
 
@@ -129,7 +131,7 @@ def invert(field, mask, *, method: str = "tv", voxel_size=(1.0, 1.0, 1.0),
              for k, v in (("weight", weight), ("magnitude", magnitude))}
     if extra["weight"] is not None and bool((extra["weight"] < 0).any()):
         raise ValueError("weight must be non-negative")
-    vox = tuple(float(v) for v in normalize_voxel_size(voxel_size))
+    vox = as_voxel_size(voxel_size)  # checked here unless validated already (a Scan's grid)
     res = METHODS[method](field, mask, voxel_size=vox, b0_dir=b0_dir, padding=padding,
                           progress=progress, **extra, **params)
     chi = res.chi * mask
