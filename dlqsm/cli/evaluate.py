@@ -170,32 +170,24 @@ def build_config(args) -> dict:
     return cfg
 
 
-def check_checkpoints(methods) -> None:
-    """Load every learned method's model once before any test case is built, so that a missing,
-    foreign or unsafe checkpoint is refused at once (in one line) rather than after the cases."""
-    from dlqsm.evaluation.methods import parse_methods
-    from dlqsm.inference import load_network
-
-    for spec in parse_methods(methods):
-        if spec.kind == "learned":
-            load_network(spec.checkpoint)
-
-
 def run(args) -> int:
     """Build the configuration, evaluate, report where the results are."""
     import sys
 
     from dlqsm.evaluation import run_evaluation
+    from dlqsm.evaluation.runner import method_runners
     from dlqsm.io.outputs import OutputDir
 
     if getattr(args, "suite", None):
         return _run_suite(args)
     cfg = build_config(args)
-    check_checkpoints(cfg["methods"])
+    # every checkpoint resolved and loaded once, before any output or test case: a missing,
+    # foreign or unsafe checkpoint is refused at once (in one line)
+    runners = method_runners(cfg["methods"], device=cfg["device"])
     out = OutputDir(cfg["out_dir"], force=cfg["force"])
     out.check(["summary.md", "record.json"])  # writable, not someone else's, before any work
     with out.lock():  # one evaluation writes into a folder at a time
-        result = run_evaluation(cfg)
+        result = run_evaluation(cfg, runners=runners)
     if not args.quiet:
         print(f"dlqsm evaluate: wrote {len(result.files)} files to {result.out_dir} "
               f"(summary.md)", file=sys.stderr)

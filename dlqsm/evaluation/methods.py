@@ -40,6 +40,8 @@ class MethodSpec:
     padding: int = 0
     checkpoint: str | None = None
     options: dict = field(default_factory=dict)
+    model_path: Path | None = field(default=None, repr=False, compare=False)
+    """The checkpoint as resolved once by :func:`parse_method` (learned methods)."""
 
     def describe(self) -> dict:
         out = {"name": self.name, "kind": self.kind}
@@ -96,9 +98,9 @@ def parse_method(item) -> MethodSpec:
         return MethodSpec(name=str(d.get("name") or method), kind=kind, method=method,
                           params=params, padding=int(d.get("padding") or 0))
     ckpt = d.get("checkpoint")
-    if ckpt is not None and not Path(ckpt).exists():
-        raise InputError("checkpoint does not exist.", path=ckpt,
-                         fix="give the .ckpt written by dlqsm train (or 'default').")
+    from dlqsm.models.loading import resolve_checkpoint
+
+    model_path = resolve_checkpoint(ckpt)  # the one check of this path (None: the default)
     options = dict(d.get("options") or {})
     unknown = sorted(set(options) - set(PREDICTOR_OPTIONS))
     if unknown:
@@ -106,7 +108,7 @@ def parse_method(item) -> MethodSpec:
                          fix=f"valid ones: {', '.join(PREDICTOR_OPTIONS)}.")
     name = d.get("name") or (Path(ckpt).stem if ckpt else "default")
     return MethodSpec(name=str(name), kind=kind, checkpoint=None if ckpt is None else str(ckpt),
-                      options=options)
+                      options=options, model_path=model_path)
 
 
 def parse_methods(items) -> list[MethodSpec]:
@@ -138,7 +140,8 @@ class MethodRunner:
         if spec.kind == "learned":
             from dlqsm.inference import Predictor
 
-            self.predictor = Predictor(spec.checkpoint, device=self.device, **spec.options)
+            self.predictor = Predictor(spec.model_path or spec.checkpoint, device=self.device,
+                                       **spec.options)
 
     def describe(self) -> dict:
         out = self.spec.describe()

@@ -75,7 +75,8 @@ def _say(progress: bool, text: str) -> None:
 
 def evaluate(methods, cases: list[EvalCase], out, *, device="cpu", force: bool = False,
              figures: bool = True, save_maps: bool = False, progress: bool = True,
-             title: str = "dlqsm evaluation", config: dict | None = None) -> EvaluationResult:
+             title: str = "dlqsm evaluation", config: dict | None = None,
+             runners: list | None = None) -> EvaluationResult:
     """Run ``methods`` on ``cases`` and write tables and figures to ``out``.
 
     Args:
@@ -89,6 +90,8 @@ def evaluate(methods, cases: list[EvalCase], out, *, device="cpu", force: bool =
         save_maps: also write every reconstruction as NIfTI.
         progress: one line per reconstruction on stderr.
         config: the configuration to store in ``record.json``.
+        runners: :class:`MethodRunner` objects already built for ``methods`` (models loaded),
+            else built here.
 
     Raises:
         InputError: no cases, bad methods or cases (checked before any reconstruction).
@@ -108,7 +111,7 @@ def evaluate(methods, cases: list[EvalCase], out, *, device="cpu", force: bool =
         _check_case(c)
     outdir = OutputDir(out, force=force)
     outdir.check(_planned_files(cases, specs, figures, save_maps))
-    runners = [MethodRunner(s, device=device) for s in specs]
+    runners = runners or [MethodRunner(s, device=device) for s in specs]
     rows, roi_rows, files = [], [], []
     for ci, case in enumerate(cases, 1):
         chis = {}
@@ -243,9 +246,20 @@ def build_cases(data: dict, device="cpu", progress: bool = True) -> list[EvalCas
     return cases
 
 
-def run_evaluation(config: dict) -> EvaluationResult:
+def method_runners(methods, device="cpu") -> list[MethodRunner]:
+    """Parse ``methods`` (each checkpoint resolved once) and load their models: one
+    :class:`MethodRunner` per method, to run on many cases.
+
+    Raises:
+        InputError: a bad method, a missing, foreign or unsafe checkpoint.
+    """
+    return [MethodRunner(s, device=device) for s in parse_methods(methods)]
+
+
+def run_evaluation(config: dict, *, runners: list | None = None) -> EvaluationResult:
     """Evaluate from a configuration dict (keys of :data:`DEFAULT_CONFIG`; missing keys take
-    its values). Methods are checked before the test cases are built."""
+    its values). Methods are checked, and their models loaded, before the test cases are built;
+    ``runners`` (from :func:`method_runners` on ``config["methods"]``) skips doing it again."""
     config = renamed_config_keys(config)
     cfg = {**DEFAULT_CONFIG, **{k: v for k, v in config.items() if v is not None}}
     unknown = sorted(set(cfg) - set(DEFAULT_CONFIG) - {"hydra"})
@@ -254,11 +268,14 @@ def run_evaluation(config: dict) -> EvaluationResult:
                          fix=f"use {', '.join(DEFAULT_CONFIG)}.")
     from dlqsm.io.outputs import OutputDir
 
-    specs = parse_methods(cfg["methods"])
+    # models load once, before the (slow) test cases are built: a missing, foreign or unsafe
+    # checkpoint is refused at once
+    runners = runners or method_runners(cfg["methods"], device=cfg["device"])
+    specs = [r.spec for r in runners]
     OutputDir(cfg["out_dir"], force=bool(cfg["force"])).check(TABLES)  # before slow work
     progress = bool(cfg["progress"])
     cases = build_cases(cfg["data"], device=cfg["device"], progress=progress)
     return evaluate(specs, cases, cfg["out_dir"], device=cfg["device"], force=bool(cfg["force"]),
                     figures=bool(cfg["figures"]), save_maps=bool(cfg["save_maps"]),
                     progress=progress, title=str(cfg["title"]),
-                    config={k: v for k, v in cfg.items() if k != "hydra"})
+                    config={k: v for k, v in cfg.items() if k != "hydra"}, runners=runners)

@@ -61,29 +61,38 @@ def default_model_installed() -> bool:
     return (DEFAULT_MODEL_DIR / EXPORT_NAME).is_file()
 
 
+class CheckpointPath(type(Path())):
+    """A model path that :func:`resolve_checkpoint` has checked (it exists, or it is the
+    shipped default model's folder). :func:`resolve_checkpoint` returns it unchanged, so a
+    command resolves its checkpoint once and passes this down."""
+
+
 def resolve_checkpoint(checkpoint=None) -> Path:
     """Which model to use: ``checkpoint`` if given (it must exist), else the shipped default.
 
-    This is the one check of a user-given checkpoint path; :func:`find_model_file` then picks
-    the file inside a folder.
+    This is the one check of a user-given checkpoint path (:func:`find_model_file` then picks
+    the file inside a folder); a :class:`CheckpointPath` (its own result) is not checked again.
 
     Returns:
-        the path as given (a file or a folder), or :data:`DEFAULT_MODEL_DIR`.
+        :class:`CheckpointPath`: the path as given (a file or a folder), or
+        :data:`DEFAULT_MODEL_DIR`.
 
     Raises:
         InputError: the given path does not exist, or no checkpoint was given and no default
             model is installed.
     """
+    if isinstance(checkpoint, CheckpointPath):
+        return checkpoint
     if checkpoint is not None:
         p = Path(checkpoint)
         if not p.exists():
             raise InputError("checkpoint does not exist.", path=p,
                              fix="pass a trained model: a Lightning .ckpt from `dlqsm train` "
                                  "or an exported model folder.")
-        return p
+        return CheckpointPath(p)
     d = DEFAULT_MODEL_DIR
     if default_model_installed():
-        return d
+        return CheckpointPath(d)
     raise InputError(
         f"no checkpoint given and no default model is installed (expected {d}).",
         fix="pass --checkpoint PATH (a .ckpt written by `dlqsm train`, e.g. "
