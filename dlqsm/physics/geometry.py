@@ -170,17 +170,8 @@ class Geometry:
         Raises:
             InputError: naming the bad value.
         """
-        sp = tuple(int(s) for s in tuple(shape)[-3:])
-        if len(sp) != 3 or any(s <= 0 for s in sp):
-            raise InputError(f"a volume needs three positive grid sizes, got {tuple(shape)}.")
-        aff = None
-        if affine is not None:
-            aff = np.array(affine, dtype=np.float64)
-            if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
-                raise InputError(f"the affine must be a finite 4x4 matrix, got shape "
-                                 f"{aff.shape}.")
-            aff.setflags(write=False)
-        return cls(sp, as_voxel_size(voxel_size), as_b0_dir(b0_dir), aff)
+        aff = None if affine is None else _checked_affine(affine)
+        return cls(_grid_shape(shape), as_voxel_size(voxel_size), as_b0_dir(b0_dir), aff)
 
     @classmethod
     def from_affine(cls, shape, affine, *, voxel_size=None, b0_dir=None,
@@ -198,10 +189,7 @@ class Geometry:
             InputError: a non-finite or non-4x4 affine, a zero voxel size from the affine, a
                 singular affine without an explicit B0 direction, or a bad explicit value.
         """
-        aff = np.array(affine, dtype=np.float64)
-        if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
-            raise InputError(f"the affine must be a finite 4x4 matrix, got shape {aff.shape}.",
-                             path=path)
+        aff = _checked_affine(affine, path)
         if voxel_size is None:
             vox = voxel_size_from_affine(aff)
             if np.any(vox <= 0):
@@ -210,9 +198,24 @@ class Geometry:
             voxel_size = vox
         if b0_dir is None:
             b0_dir = b0_dir_from_affine(aff)
-        aff.setflags(write=False)
-        sp = tuple(int(s) for s in tuple(shape)[-3:])
-        return cls(sp, as_voxel_size(voxel_size), as_b0_dir(b0_dir), aff)
+        return cls(_grid_shape(shape), as_voxel_size(voxel_size), as_b0_dir(b0_dir), aff)
+
+
+def _grid_shape(shape) -> tuple[int, int, int]:
+    sp = tuple(int(s) for s in tuple(shape)[-3:])
+    if len(sp) != 3 or any(s <= 0 for s in sp):
+        raise InputError(f"a volume needs three positive grid sizes, got {tuple(shape)}.")
+    return sp
+
+
+def _checked_affine(affine, path=None) -> np.ndarray:
+    """A read-only float64 copy of a finite (4, 4) affine; InputError (naming ``path``) else."""
+    aff = np.array(affine, dtype=np.float64)
+    if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
+        raise InputError(f"the affine must be a finite 4x4 matrix, got shape {aff.shape}.",
+                         path=path)
+    aff.setflags(write=False)
+    return aff
 
 
 def rotation_matrix(axis, angle_rad: float) -> np.ndarray:
