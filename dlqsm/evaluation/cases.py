@@ -43,9 +43,9 @@ from dlqsm.errors import InputError
 from dlqsm.io.nifti import load_nifti
 from dlqsm.io.scan import mask_from_values
 from dlqsm.physics.geometry import (
+    as_b0_dir,
+    as_voxel_size,
     b0_dir_from_affine,
-    normalize_b0_dir,
-    normalize_voxel_size,
     rotation_matrix,
 )
 
@@ -158,7 +158,7 @@ def simulated_heads(count: int, shape=(164, 205, 205), voxel_size=(1.0, 1.0, 1.0
         raise InputError(f"evaluation seed {seed} is in the training range.",
                          fix=f"use seeds >= {EVAL_SEED_BASE} (held out from training).")
     shape = tuple(int(s) for s in shape)
-    vox = tuple(float(v) for v in normalize_voxel_size(voxel_size))
+    vox = as_voxel_size(voxel_size)  # checked once; the methods trust the case's geometry
     cases = []
     for i in range(int(count)):
         s = int(seed) + i
@@ -174,7 +174,7 @@ def simulated_heads(count: int, shape=(164, 205, 205), voxel_size=(1.0, 1.0, 1.0
         cases.append(EvalCase(
             name=f"head{s}", local_field=fld.cpu().numpy().astype(np.float32),
             mask=mask.cpu().numpy(), reference=head.chi.float().cpu().numpy(),
-            voxel_size=vox, b0_dir=tuple(float(b) for b in b0),
+            voxel_size=vox, b0_dir=as_b0_dir(b0),
             affine=np.asarray(head.affine, dtype=np.float64),
             labels=head.labels.cpu().numpy().astype(np.int64),
             roi_ids=list(DGM_LABELS.values()),
@@ -295,14 +295,13 @@ def load_case(folder, layout: dict, *, name: str | None = None) -> EvalCase:
     labels = vols["labels"].data.round().astype(np.int64) if "labels" in vols else None
     roi_ids = [int(i) for i in layout.get("roi_ids") or
                (np.unique(labels[labels > 0]).tolist() if labels is not None else [])]
-    vox = normalize_voxel_size(layout.get("voxel_size") or grid.voxel_size)
-    b0 = normalize_b0_dir(layout["b0_dir"]) if layout.get("b0_dir") else \
-        b0_dir_from_affine(grid.affine)
+    vox = as_voxel_size(layout.get("voxel_size") or grid.voxel_size)  # checked once, here
+    b0 = as_b0_dir(layout["b0_dir"] if layout.get("b0_dir") else b0_dir_from_affine(grid.affine))
     scale = float(layout.get("field_scale", 1.0))
     return EvalCase(
         name=name or folder.name, local_field=(grid.data * scale * mask).astype(np.float32),
         mask=mask, reference=vols["reference"].data.astype(np.float32),
-        voxel_size=tuple(float(v) for v in vox), b0_dir=tuple(float(b) for b in b0),
+        voxel_size=vox, b0_dir=b0,
         affine=grid.affine, labels=labels, roi_ids=roi_ids,
         roi_names={int(k): str(v) for k, v in (layout.get("roi_names") or {}).items()},
         magnitude=vols["magnitude"].data if "magnitude" in vols else None,

@@ -205,3 +205,16 @@ def test_simulation_configs_take_field_strength():
         old = dict(d)
         old["b0_tesla"] = old.pop("field_strength")
         assert _upgrade_settings(old, d) == d
+
+
+def test_evaluation_methods_trust_the_cases_geometry(monkeypatch):
+    from dlqsm.evaluation.cases import simulated_heads
+    from dlqsm.evaluation.methods import MethodRunner, parse_method
+
+    (case,) = simulated_heads(1, shape=(24, 28, 26), voxel_size=8, b0_tilt_deg=20)
+    assert isinstance(case.voxel_size, VoxelSize) and isinstance(case.b0_dir, B0Dir)
+    calls = _Calls(monkeypatch)
+    for m in ("tkd", {"name": "tv", "method": "tv", "params": {"max_iter": 5}}):
+        chi, _, _ = MethodRunner(parse_method(m))(case)
+        assert np.isfinite(chi).all()
+    assert calls.args == {"voxel_size": [], "b0_dir": []}
