@@ -23,7 +23,6 @@ from dlqsm.pipeline.inversion.closed_form import tikhonov, tkd, tsvd
 from dlqsm.pipeline.inversion.least_squares import ilsqr
 from dlqsm.pipeline.inversion.nonlinear import medi, ndi
 from dlqsm.pipeline.inversion.problem import COMMON_ARGS, InversionResult
-from dlqsm.pipeline.inversion.tfi import tfi
 from dlqsm.pipeline.inversion.total_variation import tv
 from dlqsm.pipeline.inversion.two_step import rts
 
@@ -36,7 +35,6 @@ METHODS: dict[str, Callable[..., InversionResult]] = {
     "medi": medi,
     "ndi": ndi,
     "rts": rts,
-    "tfi": tfi,
 }
 """Inversion methods by name: what ``invert(method=...)`` and ``--method`` accept."""
 
