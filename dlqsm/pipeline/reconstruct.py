@@ -44,6 +44,7 @@ from dlqsm.errors import InputError, check_parameter_types
 from dlqsm.io.scan import Scan
 from dlqsm.physics.units import GAMMA_HZ_PER_T, phase_to_ppm
 from dlqsm.pipeline import background, inversion, masking, unwrap
+from dlqsm.pipeline.inversion.regularization import accepts_auto
 
 STAGES = ("coil", "mask", "unwrap", "echo_fit", "bfr", "inversion")
 UNWRAP_METHODS = ("romeo", "laplacian")
@@ -217,7 +218,9 @@ def check_parameters(stage_params: dict | None, *, unwrap: str = "romeo", echo_f
             name = f"{stage} ({methods[stage]})" if methods[stage] else stage
             raise InputError(f"unknown parameter(s) {unknown} for {name}.",
                              fix=f"valid ones: {', '.join(sorted(defaults)) or 'none'}.")
-        check_parameter_types(given, defaults, what=f"{stage} ({methods[stage]})"
+        typed = {k: v for k, v in given.items()  # "auto" weights (tv.alpha, medi.lam)
+                 if not (stage == "inversion" and accepts_auto(methods[stage], k, v))}
+        check_parameter_types(typed, defaults, what=f"{stage} ({methods[stage]})"
                               if methods[stage] else stage)
     return CheckedParameters(stage_params, (unwrap, echo_fit, bfr, method))
 

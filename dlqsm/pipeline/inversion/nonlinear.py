@@ -22,6 +22,7 @@ from dlqsm.pipeline.inversion.problem import (
     rel_change,
     support_operator,
 )
+from dlqsm.pipeline.inversion.regularization import resolve_medi_lam
 
 # rad of phase per ppm of field at 3 T and TE = 20 ms (2 pi * gamma * B0 * TE * 1e-6): a
 # realistic ``phase_scale`` for the nonlinear data terms of ``medi`` and ``ndi``.
@@ -64,7 +65,8 @@ def medi(field, mask, *, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), wei
     scaling of :func:`tv` (lam plays the role of 1/alpha; as s -> 0 the data term tends to the
     linear 1/2 lam ||W (D chi - f)||^2). MEDI's published lam (~1000) refers to that
     toolbox's own field and weight scaling, so the numbers are not comparable; 1000 here was
-    chosen on the phantoms. W is the weight,
+    chosen on the phantoms; ``lam="auto"`` chooses it per field
+    (:func:`dlqsm.pipeline.inversion.regularization.resolve_medi_lam`). W is the weight,
     else the magnitude normalised to mean 1 in the mask, else the mask.
 
     Solved by Gauss-Newton on the lagged-diffusivity (IRLS) form of the L1 term with
@@ -74,6 +76,8 @@ def medi(field, mask, *, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), wei
     this method (the edge mask is then an oracle).
     """
     t0 = time.perf_counter()
+    lam, auto = resolve_medi_lam(lam, field, mask, voxel_size=voxel_size, b0_dir=b0_dir,
+                                 padding=padding)
     prob = Problem(field, mask, voxel_size=voxel_size, b0_dir=b0_dir, weight=weight,
                    magnitude=magnitude, padding=padding)
     w2 = prob.data_weight(use_magnitude=True).square()
@@ -104,7 +108,8 @@ def medi(field, mask, *, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), wei
               "phase_scale": phase_scale, "max_iter": max_iter, "tol": tol,
               "cg_max_iter": cg_max_iter, "cg_tol": cg_tol}
     return finish(prob, chi, "medi", params, t0, **loop.info(), cg_iterations=cg_iters,
-                  edges="magnitude" if prob.magnitude is not None else "none (no magnitude)")
+                  edges="magnitude" if prob.magnitude is not None else "none (no magnitude)",
+                  **auto)
 
 
 def ndi(field, mask, *, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), weight=None,

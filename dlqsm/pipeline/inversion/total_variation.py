@@ -16,6 +16,7 @@ from dlqsm.pipeline.inversion.problem import (
     shrink_iso,
     warn_ignored_weight,
 )
+from dlqsm.pipeline.inversion.regularization import resolve_tv_alpha
 
 
 def tv(field, mask, *, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), weight=None,
@@ -39,7 +40,9 @@ def tv(field, mask, *, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), weigh
 
     Args:
         alpha: TV weight in the ppm scaling of the module docstring (default tuned on
-            simulated 1 mm heads with 1e-3..3e-3 ppm field noise).
+            simulated 1 mm heads with 1e-3..3e-3 ppm field noise), or ``"auto"``: chosen for
+            this field by GCV (:mod:`dlqsm.pipeline.inversion.regularization`; recorded in
+            ``info["auto_weight"]``).
         rho: ADMM penalty of the gradient constraint; default 100 * alpha (FANSI's choice).
         mu: ADMM penalty of the y = D chi constraint ("mask" only).
         data_term: "mask" or "full".
@@ -52,6 +55,8 @@ def tv(field, mask, *, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), weigh
     if data_term == "full":
         warn_ignored_weight("tv with data_term='full'", weight)
         weight = None
+    alpha, auto = resolve_tv_alpha(alpha, field, mask, voxel_size=voxel_size, b0_dir=b0_dir,
+                                   padding=padding)
     prob = Problem(field, mask, voxel_size=voxel_size, b0_dir=b0_dir, weight=weight,
                    magnitude=magnitude, padding=padding)
     rho = 100 * alpha if rho is None else rho
@@ -60,7 +65,7 @@ def tv(field, mask, *, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), weigh
     chi = tv_admm(prob, w, alpha, rho, mu, loop, relax)
     params = {"alpha": alpha, "rho": rho, "mu": mu, "data_term": data_term, "relax": relax,
               "max_iter": max_iter, "tol": tol}
-    return finish(prob, chi, "tv", params, t0, **loop.info())
+    return finish(prob, chi, "tv", params, t0, **loop.info(), **auto)
 
 
 class GradSplit:
