@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 from dlqsm.errors import InputError
 from dlqsm.physics.fft import crop3, irfft3, pad3, rfft3
-from dlqsm.physics.geometry import normalize_voxel_size
+from dlqsm.physics.geometry import as_voxel_size
 from dlqsm.physics.kernels import laplacian_kernel
 from dlqsm.physics.units import wrap_phase
 from dlqsm.pipeline.masking import gaussian_smooth
@@ -390,7 +390,7 @@ def unwrap_laplacian(phase: torch.Tensor, voxel_size=(1.0, 1.0, 1.0),
     Returns:
         float32 (..., X, Y, Z); zero outside the mask.
     """
-    vox = normalize_voxel_size(voxel_size)
+    vox = as_voxel_size(voxel_size)  # checked here unless validated already (a Scan's grid)
     phase = phase.float()
     m = mask.bool() if mask is not None else None
     x = pad3(phase, pad)

@@ -218,3 +218,23 @@ def test_evaluation_methods_trust_the_cases_geometry(monkeypatch):
         chi, _, _ = MethodRunner(parse_method(m))(case)
         assert np.isfinite(chi).all()
     assert calls.args == {"voxel_size": [], "b0_dir": []}
+
+
+def test_raw_stages_trust_the_scans_geometry(files, monkeypatch):
+    """Raw phase through coil combination, Laplacian unwrapping, the nonlinear echo fit and
+    the other background methods: no stage checks the scan's geometry again."""
+    from dlqsm.physics.units import ppm_to_phase, wrap_phase
+
+    total = nib.load(str(files / "tf.nii.gz"))
+    te = np.array([0.004, 0.008, 0.012])
+    phase = np.stack([wrap_phase(ppm_to_phase(total.get_fdata(), t, 3.0)) for t in te])
+    brain = nib.load(str(files / "mask.nii.gz")).get_fdata() > 0
+    mag = np.broadcast_to(np.where(brain, 1.0, 0.05), phase.shape)
+    coils = Scan(phase=np.stack([phase, phase]).astype(np.float32),
+                 magnitude=np.stack([mag, mag]).astype(np.float32), te=te, field_strength=3.0,
+                 affine=total.affine)
+    calls = _Calls(monkeypatch)
+    for kw in (dict(unwrap="laplacian", bfr="lbv", method="tkd"),
+               dict(echo_fit="nonlinear", bfr="sharp", method="tsvd")):
+        assert rec.reconstruct(coils, progress=False, **kw).chimap is not None
+    assert calls.args == {"voxel_size": [], "b0_dir": []}
