@@ -30,8 +30,8 @@ groups: data={sim,disk,mixture,heads,brains}
         logger={wandb,csv,tensorboard,none}
         callbacks={default,minimal,none,model_checkpoint,metadata,lr_monitor,progress_bar,
                    slice_panels,early_stopping}
-        experiment={quickstart_cpu,default_model,brains_model,deepqsm_shapes,hybrid_unet,
-                    tkd_resunet,unrolled}
+        experiment={quickstart_cpu,quickstart_residual,default_model,brains_model,
+                    deepqsm_shapes,hybrid_unet,tkd_resunet,unrolled}
         debug={fast,fdr,default,overfit} hparams_search={optuna} hydra/launcher={slurm}
         (tests/test_configs.py checks these lists against the configs/ folders)
 See docs/training.md."""
