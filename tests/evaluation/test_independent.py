@@ -54,7 +54,7 @@ def test_oblique_b0_in_the_affine_is_read_back(sharp, fine):
         assert angle_to_b0(scan.b0_dir) == pytest.approx(25.0, abs=1e-3)
         np.testing.assert_allclose(scan.voxel_size, case.spec.voxel_size, rtol=1e-5)
         np.testing.assert_allclose(scan.te, case.spec.te)
-        assert scan.b0_tesla == 3.0
+        assert scan.field_strength == 3.0
         for name in ("chi.nii.gz", "mask.nii.gz", "labels.nii.gz", "localfield.nii.gz"):
             np.testing.assert_allclose(load_nifti(case.path / name).affine, case.affine,
                                        atol=1e-5)
