@@ -26,6 +26,7 @@ folder; a list means "the first that exists"):
 ``field_scale``  factor that turns the stored field into ppm (default 1)
 ``b0_dir``       B0 unit vector in voxel coordinates (default: from the affine)
 ``voxel_size``   mm (default: from the affine)
+``reference_name``  what the reference is, for figures (default ``truth``; ``COSMOS`` in vivo)
 ==============  ========================================================================
 """
 
@@ -71,7 +72,8 @@ LAYOUTS: dict[str, dict] = {
               "magnitude": ["magnitude.nii.gz", "magnitude.nii"]},
     "challenge2016": {"local_field": "phs_tissue.nii.gz", "mask": "msk.nii.gz",
                       "reference": "chi_cosmos.nii.gz", "labels": "evaluation_mask.nii.gz",
-                      "magnitude": "magn.nii.gz", "roi_names": CHALLENGE2016_ROI_NAMES},
+                      "magnitude": "magn.nii.gz", "roi_names": CHALLENGE2016_ROI_NAMES,
+                      "reference_name": "COSMOS"},
 }
 """Built-in layouts. ``challenge2016``: the 2016 QSM reconstruction challenge files (local field
 already in ppm, COSMOS reference, ROI labels 1..11 named by :data:`CHALLENGE2016_ROI_NAMES`)."""
@@ -95,6 +97,7 @@ class EvalCase:
         roi_names: {label: name}.
         magnitude: (X, Y, Z) float32 or None.
         source: where the case came from (for the record).
+        reference_name: what ``reference`` is, for figures ("truth", "COSMOS", ...).
     """
 
     name: str
@@ -109,6 +112,7 @@ class EvalCase:
     roi_names: dict[int, str] = field(default_factory=dict)
     magnitude: np.ndarray | None = None
     source: dict = field(default_factory=dict)
+    reference_name: str = "truth"
 
     def roi_name(self, label: int) -> str:
         return self.roi_names.get(int(label), f"roi_{int(label)}")
@@ -306,4 +310,5 @@ def load_case(folder, layout: dict, *, name: str | None = None) -> EvalCase:
         roi_names={int(k): str(v) for k, v in (layout.get("roi_names") or {}).items()},
         magnitude=vols["magnitude"].data if "magnitude" in vols else None,
         source={"kind": "folder", "folder": str(folder),
-                "files": {k: str(p) for k, p in paths.items() if p}, "field_scale": scale})
+                "files": {k: str(p) for k, p in paths.items() if p}, "field_scale": scale},
+        reference_name=str(layout.get("reference_name") or "truth"))

@@ -130,8 +130,11 @@ def evaluate(methods, cases: list[EvalCase], out, *, device="cpu", force: bool =
                                           chi, case.affine))
         if figures:
             fig_dir = outdir.path / "figures"
-            files.append(figs.montage(case, chis, fig_dir / f"{case.name}_montage.png"))
-            files.append(figs.error_maps(case, chis, fig_dir / f"{case.name}_error.png"))
+            ref = getattr(case, "reference_name", "truth")
+            files.append(figs.montage(case, chis, fig_dir / f"{case.name}_montage.png",
+                                      reference_name=ref))
+            files.append(figs.error_maps(case, chis, fig_dir / f"{case.name}_error.png",
+                                         reference_name=ref))
     summary = summarize(rows)
     if figures:
         files.append(_scatter(roi_rows, outdir.path / "figures/roi_scatter.png"))

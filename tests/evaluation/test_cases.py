@@ -81,6 +81,7 @@ def test_challenge2016_layout_is_detected(tmp_path):
     np.testing.assert_allclose(case.b0_dir, (0, 0, 1))
     np.testing.assert_allclose(case.local_field, vols["local_field"], atol=1e-6)
     assert case.magnitude is None and case.mask.dtype == bool
+    assert case.reference_name == "COSMOS"  # labels the reference row of the figures
 
 
 def test_subfolders_with_a_layout_file(tmp_path):
@@ -95,7 +96,7 @@ def test_subfolders_with_a_layout_file(tmp_path):
     assert [c.name for c in cases] == [f"{tmp_path.name}-a", f"{tmp_path.name}-b"]
     c = cases[0]
     np.testing.assert_allclose(c.local_field, 2 * vols["local_field"], atol=1e-6)
-    assert c.roi_ids == [1] and c.roi_name(1) == "nucleus"
+    assert c.roi_ids == [1] and c.roi_name(1) == "nucleus" and c.reference_name == "truth"
     np.testing.assert_allclose(c.b0_dir, np.array([0, 1, 1]) / np.sqrt(2))
 
 
