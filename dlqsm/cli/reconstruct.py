@@ -29,7 +29,7 @@ __all__ = ["add_input_arguments", "add_stage_arguments", "add_run_arguments", "s
 UNWRAP = ("romeo", "laplacian")
 ECHO_FIT = ("wls", "nonlinear")
 BFR = ("pdf", "vsharp", "sharp", "resharp", "ismv", "lbv", "tfi")
-METHODS = ("tv", "tkd", "tsvd", "tikhonov", "ilsqr", "medi", "ndi", "rts")
+METHODS = ("tv", "tkd", "tsvd", "tikhonov", "ilsqr", "medi", "ndi", "rts", "tfi")
 
 EXAMPLES = """\
 examples:
@@ -108,7 +108,8 @@ def add_stage_arguments(g, *, inversion: bool) -> None:
     g.add_argument("--bfr", choices=BFR, default="pdf", help="background field removal (pdf "
                    "covers the whole mask)")
     if inversion:
-        g.add_argument("--method", choices=METHODS, default="tv", help="dipole inversion")
+        g.add_argument("--method", choices=METHODS, default="tv", help="dipole inversion "
+                       "(tfi: from the total field, no background removal step)")
     g.add_argument("--mask-erosion", type=float, default=0.0, metavar="MM",
                    help="erode a computed mask by MM (a given mask is never eroded)")
     add_param(g, help="parameter of a stage (coil, mask, unwrap, echo_fit, bfr, inversion) "

@@ -153,11 +153,15 @@ class BackgroundResult:
 # helpers
 
 
-class _Grid:
+class CropGrid:
     """Crop to the mask's bounding box plus ``margin`` voxels, with FFT-friendly sizes.
 
-    Parts of the crop outside the volume are zero-filled on :meth:`crop` and dropped on
-    :meth:`paste`.
+    Args:
+        mask: (X, Y, Z) bool, not empty. margin: three non-negative ints (voxels per side).
+
+    Parts of the crop outside the volume are zero-filled on :meth:`crop` (sources just past the
+    field of view can live there) and dropped on :meth:`paste`. Used by the background methods
+    and by total field inversion.
     """
 
     def __init__(self, mask: torch.Tensor, margin):
@@ -249,7 +253,7 @@ def _info(method, params, mask, valid, iterations=0, converged=True, residual=No
 
 def _sharp_core(f, mask, vox, radii, threshold, method):
     """Shared V-SHARP / SHARP: multi-radius SMV high-pass, TSVD deconvolution (largest radius)."""
-    grid = _Grid(mask, _radius_voxels(vox, radii[0]))
+    grid = CropGrid(mask, _radius_voxels(vox, radii[0]))
     fg, mg = grid.crop(f), grid.crop(mask)
     mf = mg.to(f.dtype)
     f_spec, m_spec = rfft3(fg * mf), rfft3(mf)
@@ -306,7 +310,7 @@ def _sharp(f, mask, vox, b0, weight, progress, *, radius=5.0, threshold=0.05):
 
 
 def _smv_setup(f, mask, vox, radius, method):
-    grid = _Grid(mask, _radius_voxels(vox, radius))
+    grid = CropGrid(mask, _radius_voxels(vox, radius))
     fg, mg = grid.crop(f), grid.crop(mask)
     mf = mg.to(f.dtype)
     s = smv_kernel(grid.shape, vox, radius, device=f.device)
@@ -382,7 +386,7 @@ def _pdf(f, mask, vox, b0, weight, progress, *, padding=8, gap_mm=4.0, tol=5e-4,
     _check_positive("tol", tol, upper=1.0)
     _check_positive("max_iter", max_iter, integer=True)
     margin = [int(padding) + int(math.ceil(gap_mm / h)) for h in vox]
-    grid = _Grid(mask, margin)
+    grid = CropGrid(mask, margin)
     mg = grid.crop(mask)
     mf = mg.to(f.dtype)
     fg = grid.crop(f) * mf
@@ -415,7 +419,7 @@ def _tfi(f, mask, vox, b0, weight, progress, *, padding=8, lam=1e-2, p_out=30.0,
     _check_positive("p_out", p_out)
     _check_positive("tol", tol, upper=1.0)
     _check_positive("max_iter", max_iter, integer=True)
-    grid = _Grid(mask, [int(padding)] * 3)
+    grid = CropGrid(mask, [int(padding)] * 3)
     mg = grid.crop(mask)
     mf = mg.to(f.dtype)
     fg = grid.crop(f) * mf
@@ -461,7 +465,7 @@ def _laplacian(x: torch.Tensor, vox) -> torch.Tensor:
 def _lbv(f, mask, vox, b0, weight, progress, *, tol=1e-3, max_iter=100):
     _check_positive("tol", tol, upper=1.0)
     _check_positive("max_iter", max_iter, integer=True)
-    grid = _Grid(mask, (2, 2, 2))
+    grid = CropGrid(mask, (2, 2, 2))
     mg = grid.crop(mask)
     mf = mg.to(f.dtype)
     fg = grid.crop(f) * mf

@@ -20,7 +20,11 @@ Stages (each a pure torch function from its own module; this one only composes t
    160 % to 72 % NRMSE (fine-grid head) and from 430 % to 162 % (voxel-sharp head).
 5. ``bfr``: background field removal -> local field (ppm) and its valid mask.
 6. ``inversion``: dipole inversion with the inverse noise map as the data weight; chi (ppm)
-   referenced to its mean inside the final mask (whole-brain reference).
+   referenced to its mean inside the final mask (whole-brain reference). A total field
+   inversion (``tfi``, :data:`~dlqsm.pipeline.inversion.TOTAL_FIELD_METHODS`) replaces stages
+   5 and 6: it takes the total field and fits background and brain sources together (no
+   ``bfr`` stage; ``info["bfr"]`` says so; the local field is the total field minus its
+   fitted background).
 
 A total-field input starts at ``bfr``; a local-field input goes straight to ``inversion``.
 Everything runs on ``device`` in float32; per-stage wall times (CUDA synchronised) and each
@@ -117,10 +121,13 @@ def _stage_defaults(stage: str, method: str | None) -> dict:
     raise InputError(f"unknown stage {stage!r}.", fix=f"use one of {', '.join(STAGES)}.")
 
 
-def stages_for(kind: str, has_coils: bool = False, *, invert: bool = True) -> tuple[str, ...]:
+def stages_for(kind: str, has_coils: bool = False, *, invert: bool = True,
+               method: str | None = None) -> tuple[str, ...]:
     """The stages that run for a scan of ``kind`` ("raw", "total_field", "local_field").
 
-    ``invert=False`` leaves out dipole inversion (field mapping for learned inference).
+    ``invert=False`` leaves out dipole inversion (field mapping for learned inference). An
+    inversion ``method`` of :data:`~dlqsm.pipeline.inversion.TOTAL_FIELD_METHODS` (``tfi``)
+    takes the total field itself: no ``bfr`` stage.
     """
     if kind == "local_field":
         stages = ("inversion",)
@@ -128,6 +135,8 @@ def stages_for(kind: str, has_coils: bool = False, *, invert: bool = True) -> tu
         stages = ("bfr", "inversion")
     else:
         stages = STAGES if has_coils else STAGES[1:]
+    if invert and method in inversion.TOTAL_FIELD_METHODS:
+        stages = tuple(s for s in stages if s != "bfr")
     return stages if invert else stages[:-1]
 
 
@@ -156,7 +165,11 @@ def resolve_parameters(kind: str = "raw", *, has_coils: bool = False, unwrap: st
                                         method=method)
     methods = _method_table(unwrap, echo_fit, bfr, method)
     out = {}
-    for stage in stages_for(kind, has_coils, invert=method is not None):
+    if kind == "local_field" and method in inversion.TOTAL_FIELD_METHODS:
+        raise InputError(f"inversion method {method!r} needs the total field (raw phase or "
+                         "--total-field), but a local field was given.",
+                         fix="give the raw phase or the total field, or use --method tv.")
+    for stage in stages_for(kind, has_coils, invert=method is not None, method=method):
         defaults = _stage_defaults(stage, methods[stage])
         out[stage] = {"method": methods[stage], **defaults, **stage_params.get(stage, {})}
     ignored = sorted(set(stage_params) - set(out))
@@ -336,8 +349,11 @@ def reconstruct(scan: Scan, *, unwrap: str = "romeo", echo_fit: str = "wls",
     t0 = time.perf_counter()
     if scan.kind == "raw":
         state.field_mapping()
-    if scan.kind in ("raw", "total_field"):
+    if "bfr" in params:
         state.background()
+    elif scan.kind in ("raw", "total_field"):  # a total-field inversion (tfi)
+        state.info["bfr"] = {"method": None, "skipped": f"the inversion ({method}) fits "
+                             "background and brain sources to the total field in one step"}
     if method is not None:
         state.invert()
     clock.timings["total"] = time.perf_counter() - t0
@@ -463,11 +479,15 @@ class _State:
             self.params["inversion"]["phase_scale"] = p["phase_scale"]
         weight = None if name in _CLOSED_FORMS else self.weight
         mag = _magnitude_3d(self.magnitude)
+        total = name in inversion.TOTAL_FIELD_METHODS
         with self.clock.stage("inversion", name):
-            res = inversion.invert(self.local_field, self.mask, method=name,
-                                   voxel_size=self.vox, b0_dir=self.b0_dir, weight=weight,
-                                   magnitude=mag, padding=padding, reference="mean",
-                                   progress=self.progress, **p)
+            res = inversion.invert(self.total_field if total else self.local_field, self.mask,
+                                   method=name, voxel_size=self.vox, b0_dir=self.b0_dir,
+                                   weight=weight, magnitude=mag, padding=padding,
+                                   reference="mean", progress=self.progress, **p)
+        if total:  # its fitted background, as a local field for the outputs
+            background_field = res.info.pop("background_field")
+            self.local_field = (self.total_field - background_field) * self.mask
         self.chimap, self.info["inversion"] = res.chi, res.info
         self.params["inversion"].update(
             {k: v for k, v in res.info.get("parameters", {}).items()

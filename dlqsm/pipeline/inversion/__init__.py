@@ -65,13 +65,21 @@ from dlqsm.pipeline.inversion.closed_form import tikhonov, tkd, tsvd
 from dlqsm.pipeline.inversion.least_squares import ilsqr
 from dlqsm.pipeline.inversion.nonlinear import PHASE_PER_PPM_3T_20MS, edge_mask, medi, ndi
 from dlqsm.pipeline.inversion.problem import COMMON_ARGS, InversionResult, fast_fft_len
-from dlqsm.pipeline.inversion.registry import METHODS, invert, method_defaults, register_method
+from dlqsm.pipeline.inversion.registry import (
+    METHODS,
+    TOTAL_FIELD_METHODS,
+    invert,
+    method_defaults,
+    register_method,
+)
+from dlqsm.pipeline.inversion.tfi import tfi
 from dlqsm.pipeline.inversion.total_variation import tv
 from dlqsm.pipeline.inversion.two_step import rts
 
 __all__ = [
     "COMMON_ARGS",
     "METHODS",
+    "TOTAL_FIELD_METHODS",
     "PHASE_PER_PPM_3T_20MS",
     "InversionResult",
     "edge_mask",
@@ -83,6 +91,7 @@ __all__ = [
     "ndi",
     "register_method",
     "rts",
+    "tfi",
     "tikhonov",
     "tkd",
     "tsvd",

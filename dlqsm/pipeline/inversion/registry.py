@@ -23,6 +23,7 @@ from dlqsm.pipeline.inversion.closed_form import tikhonov, tkd, tsvd
 from dlqsm.pipeline.inversion.least_squares import ilsqr
 from dlqsm.pipeline.inversion.nonlinear import medi, ndi
 from dlqsm.pipeline.inversion.problem import COMMON_ARGS, InversionResult
+from dlqsm.pipeline.inversion.tfi import tfi
 from dlqsm.pipeline.inversion.total_variation import tv
 from dlqsm.pipeline.inversion.two_step import rts
 
@@ -35,8 +36,13 @@ METHODS: dict[str, Callable[..., InversionResult]] = {
     "medi": medi,
     "ndi": ndi,
     "rts": rts,
+    "tfi": tfi,
 }
 """Inversion methods by name: what ``invert(method=...)`` and ``--method`` accept."""
+
+TOTAL_FIELD_METHODS = frozenset({"tfi"})
+"""Methods that take the *total* field (no background removal before them); the chain
+(:func:`dlqsm.pipeline.reconstruct.reconstruct`) skips its ``bfr`` stage for them."""
 
 
 def register_method(name: str, fn: Callable[..., InversionResult]) -> None:
