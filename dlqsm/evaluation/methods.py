@@ -75,7 +75,7 @@ def parse_method(item) -> MethodSpec:
         InputError: unknown kind, inversion method or parameter; a missing checkpoint file;
             unknown predictor options.
     """
-    from dlqsm.pipeline.inversion import METHODS, method_defaults
+    from dlqsm.pipeline.inversion import METHODS, TOTAL_FIELD_METHODS, method_defaults
 
     d = _from_string(item) if isinstance(item, str) else dict(item or {})
     kind = d.get("kind") or ("learned" if d.get("checkpoint") else "classical")
@@ -87,6 +87,11 @@ def parse_method(item) -> MethodSpec:
         if method not in METHODS:
             raise InputError(f"unknown inversion method {method!r}.",
                              fix=f"use one of {', '.join(METHODS)} (or kind: learned).")
+        if method in TOTAL_FIELD_METHODS:
+            raise InputError(f"{method} inverts the total field, but dlqsm evaluate gives every "
+                             "method the local field.",
+                             fix=f"run dlqsm reconstruct --method {method} on raw phase or a "
+                             "total field (the independent-data suite does).")
         params = dict(d.get("params") or {})
         unknown = sorted(set(params) - set(method_defaults(method)))
         if unknown:

@@ -128,3 +128,10 @@ def test_chain_routes_the_total_field_to_tfi():
     with pytest.raises(InputError, match="needs the total field"):
         reconstruct(Scan(local_field=total.numpy(), mask=mask.numpy()), method="tfi",
                     progress=False)
+
+
+def test_evaluate_refuses_tfi_on_local_fields():
+    from dlqsm.evaluation.methods import parse_method
+
+    with pytest.raises(InputError, match="total field"):
+        parse_method("tfi")
