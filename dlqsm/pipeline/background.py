@@ -37,7 +37,12 @@ method here exploits in one way:
     8 voxels were as accurate as 16 or 24 and 0 clearly worse); the FFT's periodic wrap is harmless
     because sources and their periodic images all lie outside the mask, whose field they
     still fit with harmonic functions. CG stops at a relative normal-equation residual ``tol``
-    (5e-4, ~20 iterations on a head); it semi-converges, more iterations do not help. The
+    (5e-4) or after ``max_iter`` (40) iterations; it semi-converges, more iterations do not
+    help. On qsm-forward's 2 mm fine-grid head (2026-11-29) ``tol`` was *not* reached: the
+    residual after 40 iterations was 3.4e-3 given the true total field and 8e-3 for the chain's
+    field with its data weight (zero at the field-step check's voxels); 400 iterations reached
+    1e-3 / 1.5e-3 and moved chi NRMSE after TV from 79.8 to 75.5 % and from 87.5 to 89.7 %:
+    ``max_iter`` is the working stop and ``info["converged"]`` says so. The
     optional weight W (e.g. magnitude or 1 / noise std) is normalised to mean W^2 = 1 in the
     mask. **No erosion**: the whole brain mask stays valid (QSM-CI scores dropped voxels as 0).
 
@@ -51,7 +56,13 @@ method here exploits in one way:
     with 4 mm (2 and 1.6 mm voxels, 2 seeds, axial and 20-degree B0; 1 mm: 63.2 -> 60.6%
     axial); 2-3 mm gaps helped less, 6-8 mm (which also exclude true background sources)
     less again. Weighting the rim down, a Tikhonov penalty on the sources or a shell-shaped
-    source region did not help.
+    source region did not help. On qsm-forward's 2 mm fine-grid head given its true total
+    field, the gap did *not* help: 74.5 % (gap 0, 22 iterations) against 79.0 % (4 mm, 59
+    iterations) at the same residual (2e-3); that head's shimmed and unshimmed true total
+    fields gave 79.4 and 79.2 % (default PDF, then TV): no blow-up from the larger background
+    at 2 mm (issue 10's 220 % was on a 1 mm fine-grid head, not re-measured). ``--method tfi``
+    (:mod:`dlqsm.pipeline.inversion.tfi`) needs no gap: it fits brain and background sources
+    together.
 ``lbv``
     Laplacian boundary value (Zhou et al. 2014): the background is the solution of Laplace's
     equation (7-point stencil) inside the mask with the total field as Dirichlet data on the
