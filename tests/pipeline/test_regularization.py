@@ -11,8 +11,9 @@ import torch
 
 from dlqsm.cli.main import main
 from dlqsm.physics.dipole import DipoleOperator, dipole_kernel
-from dlqsm.pipeline.inversion import invert
+from dlqsm.pipeline.inversion import invert, method_defaults
 from dlqsm.pipeline.inversion import regularization as reg
+from dlqsm.pipeline.reconstruct import resolve_parameters
 
 SHAPE = (40, 40, 40)
 
@@ -132,3 +133,19 @@ def test_reconstruct_record_carries_the_automatic_weight(head, tmp_path):
     rec = json.loads((d / "fixed" / "record.json").read_text())
     assert rec["parameters"]["inversion"]["alpha"] == 0.002
     assert "auto_weight" not in rec["stage_info"]["inversion"]
+    assert main([*base, "-o", str(d / "default")]) == 0  # automatic by default for a local field
+    rec = json.loads((d / "default" / "record.json").read_text())
+    assert rec["stage_info"]["inversion"]["auto_weight"]["value"] == auto["value"]
+    assert main([*base, "-o", str(d / "bad"), "--param", "tv.alpha=often"]) == 2
+
+
+def test_only_the_chain_defaults_to_auto():
+    """reconstruct's TV is automatic for a local-field input (fixed from raw phase and total
+    fields); the function's default (which the shipped model's initial estimate, simulated
+    training data and dlqsm evaluate use) stays the fixed weight."""
+    assert resolve_parameters("local_field")["inversion"]["alpha"] == "auto"
+    assert resolve_parameters("raw")["inversion"]["alpha"] == reg.TV_ALPHA_FIXED
+    assert resolve_parameters("total_field")["inversion"]["alpha"] == reg.TV_ALPHA_FIXED
+    assert resolve_parameters("local_field", method="medi")["inversion"]["lam"] == 1000.0
+    assert method_defaults("tv")["alpha"] == reg.TV_ALPHA_FIXED == 3e-4
+    assert method_defaults("medi")["lam"] == reg.MEDI_LAM_FIXED

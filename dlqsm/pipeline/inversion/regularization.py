@@ -263,3 +263,21 @@ AUTO_PARAMETERS = {"tv": "alpha", "medi": "lam"}
 def accepts_auto(method: str | None, name: str, value) -> bool:
     """True when ``value`` is ``"auto"`` for a parameter that accepts it (tv.alpha, medi.lam)."""
     return AUTO_PARAMETERS.get(method or "") == name and is_auto(value)
+
+
+CHAIN_DEFAULTS: dict[str, dict[str, dict]] = {"local_field": {"tv": {"alpha": AUTO}}}
+"""Weights that dlqsm's classical chain (:func:`dlqsm.pipeline.reconstruct.reconstruct`, i.e.
+``dlqsm reconstruct``) chooses per scan unless given, by input kind and method: TV's weight for
+a local-field input (``--local-field``), where the automatic weight was better than the fixed
+one on dlqsm's heads, qsm-forward's heads and the in-vivo check (within 1 NRMSE point where it
+was not better). From raw phase it lost 5.6 points on a voxel-sharp qsm-forward head (rim errors
+of background removal read as noise), so raw and total-field input keep the fixed weight. The
+functions' own defaults stay fixed (``tv(alpha=3e-4)``, ``medi(lam=1000)``): the shipped
+model's initial estimate and dlqsm's simulated training data use them, and ``dlqsm evaluate``
+compares methods with them."""
+
+
+def chain_defaults(method: str | None, kind: str = "raw") -> dict:
+    """The chain's default overrides of ``method``'s parameters for input ``kind`` ("raw",
+    "total_field", "local_field"); ``{}`` for most."""
+    return dict(CHAIN_DEFAULTS.get(kind, {}).get(method or "", {}))
