@@ -56,6 +56,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "(TV-ADMM correction) or none; recorded in record.json")
     m.add_argument("--dc-iters", type=int, default=10, metavar="N",
                    help="iterations of the data-consistency step")
+    m.add_argument("--estimate-weight", choices=("default", "auto", "trained"),
+                   default="default",
+                   help="regularisation weight of the TV estimate that a residual model (the "
+                   "shipped default) refines: auto (chosen per scan, as reconstruct's "
+                   "tv.alpha=auto), trained (the weight the model was trained with), or default: "
+                   "auto for a local-field input, trained from raw phase or a total field "
+                   "(measured in docs/model_card.md)")
     add_stage_arguments(p.add_argument_group("field mapping (raw or total-field input)"),
                         inversion=False)
     add_run_arguments(p)
@@ -128,7 +135,9 @@ def run(args) -> int:
                                      stage_params=params)
         _say(args, f"network ({predictor.spec.name}) on {predictor.device} ...")
         pred = predictor.run(fmap.local_field, fmap.mask, voxel_size=scan.grid.voxel_size,
-                             b0_dir=scan.grid.b0_dir, weight=fmap.weight)
+                             b0_dir=scan.grid.b0_dir, weight=fmap.weight,
+                             estimate_params=estimate_params(predictor, args.estimate_weight,
+                                                             scan.kind))
         total = time.perf_counter() - t0
         vols = {"chimap.nii.gz": pred.chi, "totalfield.nii.gz": fmap.total_field,
                 "localfield.nii.gz": fmap.local_field, "mask.nii.gz": fmap.mask}
@@ -139,6 +148,20 @@ def run(args) -> int:
         _say(args, f"note: {note}")
     _say(args, f"wrote {', '.join(names)} to {out.path} ({total:.1f} s)")
     return 0
+
+
+def estimate_params(predictor, choice: str, kind: str) -> dict | None:
+    """``--estimate-weight`` -> the initial-estimate parameters for :meth:`Predictor.run`.
+
+    Only a model that refines TV (``method == "tv"``) has a per-scan weight (TV's ``alpha``);
+    ``default`` is ``auto`` for a local-field input and ``trained`` otherwise: the per-scan
+    weight helped the model from a given local field on dlqsm's held-out heads and qsm-forward
+    heads, and cost points from raw phase on a voxel-sharp head (docs/model_card.md)."""
+    if choice == "default":
+        choice = "auto" if kind == "local_field" else "trained"
+    if choice != "auto" or getattr(predictor.net, "method", None) != "tv":
+        return None
+    return {"alpha": "auto"}
 
 
 def _say(args, text: str) -> None:

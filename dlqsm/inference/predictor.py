@@ -124,7 +124,7 @@ class Predictor:
                         affine=affine, weight=weight).chi
 
     def run(self, local_field, mask, *, voxel_size=None, b0_dir=None, affine=None,
-            weight=None) -> Prediction:
+            weight=None, estimate_params: dict | None = None) -> Prediction:
         """Predict chi and return it with a record of what was done.
 
         Args:
@@ -138,6 +138,10 @@ class Predictor:
                 field is unreliable). A model refining a classical inversion passes it to that
                 inversion, and the network sees the field as 0 where the weight is 0 (those
                 voxels' chi then comes from the regulariser and the correction).
+            estimate_params: for a model refining a classical inversion, parameters of that
+                inversion that replace the trained ones for this scan (e.g.
+                ``{"alpha": "auto"}``: TV's weight chosen per scan, see
+                :func:`dlqsm.pipeline.inversion.regularization`); ignored by other models.
 
         Returns:
             :class:`Prediction` with ``chi`` (X, Y, Z) in ppm (numpy for numpy input, a tensor on
@@ -176,7 +180,10 @@ class Predictor:
                 # own grid and geometry; only the learned correction is resampled
                 geo = [torch.as_tensor(np.asarray(v, dtype=np.float32)).reshape(1, 3)
                        for v in (b0, vox)]
-                chi0 = estimate(f, m, *geo, **({} if w is None else {"weight": w}))
+                kw = {} if w is None else {"weight": w}
+                if estimate_params:
+                    kw["params"] = dict(estimate_params)
+                chi0 = estimate(f, m, *geo, **kw)
                 chi0 = chi0.to(f.dtype) * m
             f_net = f if w is None else f * (w > 0)
             fm, mm = masked_resample(plan.resampler.to_model, f_net, m)
@@ -192,7 +199,8 @@ class Predictor:
                                                  mm, threshold=1e-3)
                 chi = chi0 + corr
                 mode = dict(mode, initial_estimate="computed on the scan grid; the network's "
-                                                   "correction resampled")
+                                                   "correction resampled",
+                            initial_estimate_params=dict(estimate_params or {}) or "as trained")
             uncovered = int((m * (1 - covered)).sum())
             chi = chi * m
             chi = (chi - chi[m > 0].mean()) * m

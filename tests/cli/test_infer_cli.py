@@ -189,3 +189,28 @@ def test_raw_qsmci_input_runs_field_mapping_then_the_network(tmp_path):
     # the field mapping ran: closer to the true local field than the total field is
     # (background removal at 7 mm is rough: correlation ~0.3 against ~0.15)
     assert np.corrcoef(lf[m], truth[m])[0, 1] > np.corrcoef(total[m], truth[m])[0, 1] + 0.1
+
+
+def test_estimate_weight_is_per_scan_for_a_local_field(inputs, tmp_path):
+    """The shipped model refines TV: from a local field its TV weight is chosen per scan
+    (alpha=auto, recorded), --estimate-weight trained keeps the trained weight; the two maps
+    differ. From raw phase / a total field the default is the trained weight."""
+    from types import SimpleNamespace
+
+    d, mask = inputs
+    runs = {}
+    for choice in ("default", "trained"):
+        out = tmp_path / choice
+        assert _run("--local-field", d / "lf.nii.gz", "--mask", d / "mask.nii.gz", "-o", out,
+                    "--estimate-weight", choice) == 0
+        rec = json.loads((out / "record.json").read_text())
+        runs[choice] = (rec["inference"]["initial_estimate_params"],
+                        nib.load(str(out / "chimap.nii.gz")).get_fdata())
+    assert runs["default"][0] == {"alpha": "auto"} and runs["trained"][0] == "as trained"
+    assert np.abs(runs["default"][1] - runs["trained"][1])[mask].max() > 1e-5
+    tv_model = SimpleNamespace(net=SimpleNamespace(method="tv"))
+    assert cli.estimate_params(tv_model, "default", "raw") is None
+    assert cli.estimate_params(tv_model, "default", "total_field") is None
+    assert cli.estimate_params(tv_model, "auto", "raw") == {"alpha": "auto"}
+    tkd_model = SimpleNamespace(net=SimpleNamespace(method="tkd"))
+    assert cli.estimate_params(tkd_model, "auto", "local_field") is None
