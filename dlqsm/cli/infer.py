@@ -56,11 +56,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "(TV-ADMM correction) or none; recorded in record.json")
     m.add_argument("--dc-iters", type=int, default=10, metavar="N",
                    help="iterations of the data-consistency step")
-    m.add_argument("--estimate-weight", choices=("default", "auto", "trained"),
-                   default="default",
+    m.add_argument("--estimate-weight", choices=("by-input", "auto", "trained"),
+                   default="by-input",
                    help="regularisation weight of the TV estimate that a residual model (the "
-                   "shipped default) refines: auto (chosen per scan, as reconstruct's "
-                   "tv.alpha=auto), trained (the weight the model was trained with), or default: "
+                   "shipped one) refines: auto (chosen per scan, as reconstruct's "
+                   "tv.alpha=auto), trained (the weight the model was trained with), or by-input: "
                    "auto for a local-field input, trained from raw phase or a total field "
                    "(measured in docs/model_card.md)")
     add_stage_arguments(p.add_argument_group("field mapping (raw or total-field input)"),
@@ -154,10 +154,10 @@ def estimate_params(predictor, choice: str, kind: str) -> dict | None:
     """``--estimate-weight`` -> the initial-estimate parameters for :meth:`Predictor.run`.
 
     Only a model that refines TV (``method == "tv"``) has a per-scan weight (TV's ``alpha``);
-    ``default`` is ``auto`` for a local-field input and ``trained`` otherwise: the per-scan
+    ``by-input`` is ``auto`` for a local-field input and ``trained`` otherwise: the per-scan
     weight helped the model from a given local field on dlqsm's held-out heads and qsm-forward
     heads, and cost points from raw phase on a voxel-sharp head (docs/model_card.md)."""
-    if choice == "default":
+    if choice == "by-input":
         choice = "auto" if kind == "local_field" else "trained"
     if choice != "auto" or getattr(predictor.net, "method", None) != "tv":
         return None

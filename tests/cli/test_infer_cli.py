@@ -199,18 +199,18 @@ def test_estimate_weight_is_per_scan_for_a_local_field(inputs, tmp_path):
 
     d, mask = inputs
     runs = {}
-    for choice in ("default", "trained"):
+    for choice in ("by-input", "trained"):
         out = tmp_path / choice
         assert _run("--local-field", d / "lf.nii.gz", "--mask", d / "mask.nii.gz", "-o", out,
                     "--estimate-weight", choice) == 0
         rec = json.loads((out / "record.json").read_text())
         runs[choice] = (rec["inference"]["initial_estimate_params"],
                         nib.load(str(out / "chimap.nii.gz")).get_fdata())
-    assert runs["default"][0] == {"alpha": "auto"} and runs["trained"][0] == "as trained"
-    assert np.abs(runs["default"][1] - runs["trained"][1])[mask].max() > 1e-5
+    assert runs["by-input"][0] == {"alpha": "auto"} and runs["trained"][0] == "as trained"
+    assert np.abs(runs["by-input"][1] - runs["trained"][1])[mask].max() > 1e-5
     tv_model = SimpleNamespace(net=SimpleNamespace(method="tv"))
-    assert cli.estimate_params(tv_model, "default", "raw") is None
-    assert cli.estimate_params(tv_model, "default", "total_field") is None
+    assert cli.estimate_params(tv_model, "by-input", "raw") is None
+    assert cli.estimate_params(tv_model, "by-input", "total_field") is None
     assert cli.estimate_params(tv_model, "auto", "raw") == {"alpha": "auto"}
     tkd_model = SimpleNamespace(net=SimpleNamespace(method="tkd"))
     assert cli.estimate_params(tkd_model, "auto", "local_field") is None
