@@ -76,6 +76,7 @@ def parse_method(item) -> MethodSpec:
             unknown predictor options.
     """
     from dlqsm.pipeline.inversion import METHODS, TOTAL_FIELD_METHODS, method_defaults
+    from dlqsm.pipeline.inversion.regularization import accepts_auto
 
     d = _from_string(item) if isinstance(item, str) else dict(item or {})
     kind = d.get("kind") or ("learned" if d.get("checkpoint") else "classical")
@@ -98,7 +99,9 @@ def parse_method(item) -> MethodSpec:
             raise InputError(f"method {d.get('name', method)!r}: unknown parameter(s) "
                              f"{unknown} for {method}.",
                              fix=f"valid ones: {', '.join(sorted(method_defaults(method)))}.")
-        check_parameter_types(params, method_defaults(method),
+        typed = {k: v for k, v in params.items()  # tv.alpha / medi.lam may be "auto"
+                 if not accepts_auto(method, k, v)}
+        check_parameter_types(typed, method_defaults(method),
                               what=f"method {d.get('name', method)!r} ({method})")
         return MethodSpec(name=str(d.get("name") or method), kind=kind, method=method,
                           params=params, padding=int(d.get("padding") or 0))

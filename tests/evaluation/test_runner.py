@@ -111,6 +111,13 @@ def test_method_errors(tmp_path):
         parse_methods(["nope"])
     with pytest.raises(InputError, match="unknown parameter"):
         parse_methods([{"name": "tv", "method": "tv", "params": {"lambda": 1}}])
+    with pytest.raises(InputError, match="must be a number"):
+        parse_methods([{"name": "tv", "method": "tv", "params": {"alpha": "much"}}])
+    # the per-scan weight is accepted where the method has one, refused elsewhere
+    (spec,) = parse_methods([{"name": "tv", "method": "tv", "params": {"alpha": "auto"}}])
+    assert spec.params == {"alpha": "auto"}
+    with pytest.raises(InputError):
+        parse_methods([{"name": "tkd", "method": "tkd", "params": {"threshold": "auto"}}])
     with pytest.raises(InputError, match="unknown kind"):
         parse_methods([{"name": "x", "kind": "magic"}])
     with pytest.raises(InputError, match="duplicate"):
