@@ -153,15 +153,19 @@ def run(args) -> int:
 def estimate_params(predictor, choice: str, kind: str) -> dict | None:
     """``--estimate-weight`` -> the initial-estimate parameters for :meth:`Predictor.run`.
 
-    Only a model that refines TV (``method == "tv"``) has a per-scan weight (TV's ``alpha``);
-    ``by-input`` is ``auto`` for a local-field input and ``trained`` otherwise: the per-scan
-    weight helped the model from a given local field on dlqsm's held-out heads and qsm-forward
-    heads, and cost points from raw phase on a voxel-sharp head (docs/model_card.md)."""
-    if choice == "by-input":
-        choice = "auto" if kind == "local_field" else "trained"
-    if choice != "auto" or getattr(predictor.net, "method", None) != "tv":
+    The per-scan weights are the classical chain's
+    (:func:`dlqsm.pipeline.inversion.regularization.chain_defaults`: TV's ``alpha="auto"`` for a
+    local-field input), applied to the inversion the model refines: ``by-input`` takes the
+    chain's choice for this input kind, ``auto`` its local-field choice whatever the input,
+    ``trained`` none. The same rule held for the model as for TV alone: the per-scan weight
+    helped from a given local field on dlqsm's held-out heads and qsm-forward heads, and cost
+    points from raw phase on a voxel-sharp head (docs/model_card.md)."""
+    from dlqsm.pipeline.inversion.regularization import chain_defaults
+
+    if choice == "trained":
         return None
-    return {"alpha": "auto"}
+    return chain_defaults(getattr(predictor.net, "method", None),
+                          kind if choice == "by-input" else "local_field") or None
 
 
 def _say(args, text: str) -> None:
