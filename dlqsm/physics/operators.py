@@ -113,6 +113,24 @@ class Gradient(LinearOperator):
         return torch.stack([e.expand(full) for e in out])
 
 
+def laplacian_interior(x: torch.Tensor, voxel_size=(1.0, 1.0, 1.0)) -> torch.Tensor:
+    """7-point finite-difference Laplacian (1/mm^2) of ``x`` (X, Y, Z) on its inner voxels.
+
+    Returns an (X-2, Y-2, Z-2) tensor: sum_i (x[+e_i] - 2 x + x[-e_i]) / h_i^2, with no boundary
+    rule (the outer faces have no value). Exact for quadratics. Used by LBV background removal
+    and the field-noise estimate of the automatic regularisation weight.
+    """
+    h = [float(v) for v in voxel_size]
+    core = (slice(1, -1),) * 3
+    lap = x[core] * (-2.0 * sum(1.0 / (v * v) for v in h))
+    for axis, hx in enumerate(h):
+        for lo, hi in ((0, -2), (2, None)):
+            sl = [slice(1, -1)] * 3
+            sl[axis] = slice(lo, hi)
+            lap.add_(x[tuple(sl)], alpha=1.0 / (hx * hx))
+    return lap
+
+
 class Identity(LinearOperator):
     """Identity operator (for tests and as a regulariser)."""
 

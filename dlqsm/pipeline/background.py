@@ -121,7 +121,7 @@ from dlqsm.physics.dipole import DipoleOperator
 from dlqsm.physics.fft import fft_friendly, irfft3, rfft3
 from dlqsm.physics.geometry import as_b0_dir, as_voxel_size
 from dlqsm.physics.kernels import laplacian_kernel, smv_kernel, sphere_mask
-from dlqsm.physics.operators import Gradient
+from dlqsm.physics.operators import Gradient, laplacian_interior
 from dlqsm.pipeline.solvers import cg
 
 __all__ = [
@@ -462,14 +462,7 @@ def _tfi(f, mask, vox, b0, weight, progress, *, padding=8, lam=1e-2, p_out=30.0,
 def _laplacian(x: torch.Tensor, vox) -> torch.Tensor:
     """7-point Laplacian (1/mm^2) on the inner voxels of the crop; 0 on its outer faces."""
     out = torch.zeros_like(x)
-    c = x[1:-1, 1:-1, 1:-1]
-    inner = out[1:-1, 1:-1, 1:-1]
-    inner.add_(c, alpha=-2.0 * sum(1.0 / (h * h) for h in vox))
-    for dim, h in enumerate(vox):
-        for lo, hi in ((0, -2), (2, None)):
-            idx = [slice(1, -1)] * 3
-            idx[dim] = slice(lo, hi)
-            inner.add_(x[tuple(idx)], alpha=1.0 / (h * h))
+    out[1:-1, 1:-1, 1:-1] = laplacian_interior(x, vox)
     return out
 
 

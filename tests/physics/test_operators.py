@@ -8,7 +8,7 @@ import torch
 from dlqsm.physics.dipole import DipoleOperator
 from dlqsm.physics.fft import crop3, fft_friendly, irfft3, pad3, rfft3
 from dlqsm.physics.kernels import laplacian_kernel, smv_kernel, sphere_mask
-from dlqsm.physics.operators import Gradient, Identity, LinearOperator
+from dlqsm.physics.operators import Gradient, Identity, LinearOperator, laplacian_interior
 
 F64 = torch.float64
 SHAPE = (9, 8, 10)
@@ -201,3 +201,17 @@ def test_gradient_buffer_path_equals_autograd_path_and_rolls():
     torch.testing.assert_close(grad.adjoint(gr), ref_adj)
     assert torch.autograd.gradcheck(grad.forward, (x[0, :3, :3, :3].clone().requires_grad_(),))
     assert torch.autograd.gradcheck(grad.adjoint, (g[0, :, :3, :3, :3].clone().requires_grad_(),))
+
+
+def test_laplacian_interior_is_exact_for_quadratics_on_anisotropic_voxels():
+    """sum_i (x+h e_i - 2x + x-h e_i) / h_i^2 of a x^2 + b y^2 + c z^2 (mm) is 2 (a + b + c)."""
+    vox = (0.8, 1.1, 2.0)
+    idx = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) * h
+                           for n, h in zip((9, 8, 7), vox, strict=True)], indexing="ij")
+    a, b, c = 0.3, -1.2, 0.7
+    lap = laplacian_interior(a * idx[0] ** 2 + b * idx[1] ** 2 + c * idx[2] ** 2, vox)
+    assert lap.shape == (7, 6, 5)
+    torch.testing.assert_close(lap, torch.full_like(lap, 2 * (a + b + c)))
+    # wrong spacing on one axis breaks it
+    wrong = laplacian_interior(a * idx[0] ** 2, (1.0, 1.1, 2.0))
+    assert not torch.allclose(wrong, torch.full_like(wrong, 2 * a))

@@ -36,6 +36,7 @@ import math
 import torch
 
 from dlqsm.physics.fft import rfft3
+from dlqsm.physics.operators import laplacian_interior
 from dlqsm.pipeline.inversion.problem import Problem
 
 AUTO = "auto"
@@ -154,14 +155,12 @@ def field_noise_std(field, mask, voxel_size=(1.0, 1.0, 1.0)) -> float:
     f = torch.as_tensor(field).float()
     m = torch.as_tensor(mask).bool()
     h = [float(v) for v in voxel_size]
-    core = (slice(1, -1),) * 3
-    lap = f[core] * (-2.0 * sum(1.0 / (x * x) for x in h))
-    inner = m[core].clone()
-    for ax, hx in enumerate(h):
+    lap = laplacian_interior(f, h)
+    inner = m[1:-1, 1:-1, 1:-1].clone()  # voxels whose 6 neighbours are in the mask too
+    for ax in range(3):
         for lo, hi in ((0, -2), (2, None)):
             sl = [slice(1, -1)] * 3
             sl[ax] = slice(lo, hi)
-            lap.add_(f[tuple(sl)], alpha=1.0 / (hx * hx))
             inner &= m[tuple(sl)]
     v = lap[inner]
     if v.numel() < 10:
