@@ -53,7 +53,7 @@ import torch
 from dlqsm.pipeline import solvers
 from dlqsm.pipeline.background import CropGrid
 from dlqsm.pipeline.inversion.nonlinear import edge_mask
-from dlqsm.pipeline.inversion.problem import InversionResult, Problem, rel_change
+from dlqsm.pipeline.inversion.problem import InversionResult, Problem, _sync, rel_change
 
 
 def tfi(field, mask, *, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), weight=None,
@@ -143,8 +143,7 @@ def tfi(field, mask, *, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 0.0, 1.0), weig
     params = {"alpha": alpha, "p_out": p_out, "source_padding": source_padding,
               "edge_fraction": edge_fraction, "beta": beta, "beta0": beta0, "eps": eps,
               "max_iter": max_iter, "tol": tol, "cg_max_iter": cg_max_iter, "cg_tol": cg_tol}
-    if chi_vol.device.type == "cuda":
-        torch.cuda.synchronize(chi_vol.device)
+    _sync(chi_vol.device)  # time_s on CUDA counts the finished work
     info = {"method": "tfi", "parameters": params, "iterations": it, "converged": converged,
             "relative_change": change, "cg_iterations": cg_iters,
             "relative_residual": cinfo["relative_residual"], "data_residual": data_res,
