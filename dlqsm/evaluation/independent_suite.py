@@ -240,7 +240,8 @@ def invivo_rows(folder: Path, runs: Path, *, device="cpu", progress=True, figure
     labels = load_nifti(folder / "evaluation_mask.nii.gz", ndim=3).data.round()
     label_ids = sorted(int(v) for v in np.unique(labels) if v > 0)
     cosmos = load_nifti(folder / "chi_cosmos.nii.gz", ndim=3).data.astype(np.float64)
-    mask = load_nifti(folder / "msk.nii.gz", ndim=3).data > 0.5
+    mask_img = load_nifti(folder / "msk.nii.gz", ndim=3)
+    mask = mask_img.data > 0.5
     rows, roi_rows, chis = [], [], {}
     for method, cmd in (("local-tv", "reconstruct"), ("infer-local", "infer")):
         out = runs / "invivo-2016" / method
@@ -266,7 +267,7 @@ def invivo_rows(folder: Path, runs: Path, *, device="cpu", progress=True, figure
             f"NRMSE {row['nrmse']:.1f}%, {seconds:.1f} s" if rc == 0 else row["status"]))
     if figures is not None and chis:
         _invivo_figures(Path(figures), cosmos, mask, chis, roi_rows,
-                        load_nifti(folder / "msk.nii.gz", ndim=3).voxel_size)
+                        mask_img.voxel_size)
     return rows, roi_rows, ["In vivo 2016: local field given (ppm), B0 2.8936 T along the "
                             "third axis; qsm-ci's in vivo scoring (no segmentation) vs COSMOS; "
                             "roi_linearity = |1 - slope| of the means of all evaluation_mask "
