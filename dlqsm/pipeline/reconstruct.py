@@ -38,7 +38,6 @@ stage's ``info`` are returned. Progress lines go to stderr when ``progress`` is 
 from __future__ import annotations
 
 import inspect
-import math
 import sys
 import time
 import warnings
@@ -50,7 +49,7 @@ import torch
 
 from dlqsm.errors import InputError, check_parameter_types
 from dlqsm.io.scan import Scan
-from dlqsm.physics.units import GAMMA_HZ_PER_T, phase_to_ppm
+from dlqsm.physics.units import phase_to_ppm, ppm_to_phase
 from dlqsm.pipeline import background, inversion, masking, unwrap
 from dlqsm.pipeline.inversion.regularization import accepts_auto, chain_defaults
 
@@ -563,5 +562,4 @@ def _magnitude_3d(mag: torch.Tensor | None) -> torch.Tensor | None:
 
 def _phase_scale(scan: Scan) -> float:
     """rad per ppm at the scan's field strength and mean echo time (MEDI/NDI nonlinearity)."""
-    te = float(np.mean(scan.te))
-    return float(2 * math.pi * GAMMA_HZ_PER_T * scan.field_strength * te * 1e-6)
+    return float(ppm_to_phase(1.0, float(np.mean(scan.te)), scan.field_strength))
