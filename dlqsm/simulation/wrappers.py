@@ -4,17 +4,26 @@
   samples on disk, ``data=mixture``);
 * :class:`WithInitialEstimate`: adds a classical inversion ``chi_init`` of each whole sample
   (``simulation=head_cases``), for networks that refine it
-  (:class:`dlqsm.models.InversionResidualNet`).
+  (:class:`dlqsm.models.InversionResidualNet`);
+* :func:`reestimate_dataset`: a copy of a dataset on disk whose ``chi_init`` comes from another
+  classical inversion (other files hard-linked, not copied), e.g. to train a refining network
+  on estimates with the per-scan TV weight (``{"alpha": "auto"}``).
 """
 
 from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from dlqsm.pipeline.batched import INIT_KEY, classical_estimate
 
-__all__ = ["MixtureDataset", "WithInitialEstimate"]
+__all__ = ["MixtureDataset", "WithInitialEstimate", "reestimate_dataset"]
 
 
 class MixtureDataset(Dataset):
@@ -96,3 +105,89 @@ class WithInitialEstimate(Dataset):
 
     def __getitem__(self, index: int):
         return self.sample_with_meta(int(index))[0]
+
+
+def reestimate_dataset(src, dst, *, method: str = "tv", params: dict | None = None,
+                       force: bool = False, progress: bool = True) -> dict:
+    """Copy the dataset folder ``src`` (written by ``dlqsm simulate``) to ``dst`` with a new
+    ``chi_init`` per sample: ``method`` with ``params`` on the stored local field and mask, in
+    the sample's own geometry (voxel size, B0 direction from meta.json).
+
+    Every other file is hard-linked when ``src`` and ``dst`` share a file system (copied
+    otherwise), so a copy costs only its new estimates. Each sample is written into a temporary
+    folder and renamed when complete: an interrupted run resumes where it stopped (samples
+    already present are skipped unless ``force``). ``dataset.json`` and each ``meta.json``
+    record the new ``initial_estimate``; ``manifest.json`` is rebuilt.
+
+    Returns:
+        {"written": n, "skipped": n, "out_dir": str}.
+
+    Raises:
+        InputError: ``src`` is not a dataset folder; ``dst`` holds estimates made with other
+            settings (pass ``force=True`` to replace them).
+    """
+    import nibabel as nib
+    import torch
+    from tqdm.auto import tqdm
+
+    from dlqsm.errors import InputError
+    from dlqsm.io.atomic import default_dir_mode
+    from dlqsm.io.nifti import save_nifti
+    from dlqsm.io.outputs import write_json_atomic
+    from dlqsm.simulation.disk import _TMP_PREFIX, DiskQSMDataset, write_manifest
+
+    src, dst = Path(src), Path(dst)
+    if src.resolve() == dst.resolve():
+        raise InputError("the re-estimated dataset must go to another folder.", path=dst,
+                         fix="choose a new output folder (other files are hard-linked).")
+    data = DiskQSMDataset(src, signal=False)
+    estimate = {"method": str(method), "params": dict(params or {})}
+    info_path = src / "dataset.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    info["settings"] = dict(info.get("settings") or {}, initial_estimate=estimate)
+    dst.mkdir(parents=True, exist_ok=True)
+    old_path = dst / "dataset.json"
+    if old_path.exists() and not force:
+        old = json.loads(old_path.read_text()).get("settings", {}).get("initial_estimate")
+        if old != json.loads(json.dumps(estimate)):
+            raise InputError(f"the folder holds estimates made with {old}, not {estimate}.",
+                             path=dst, fix="choose another folder or pass force=True.")
+    write_json_atomic(old_path, info)
+    for stale in dst.glob(_TMP_PREFIX + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    written = skipped = 0
+    for k, entry in enumerate(tqdm(data.entries, disable=not progress, desc="re-estimate",
+                                   unit="sample")):
+        final = dst / entry["folder"]
+        if final.exists() and (final / "meta.json").exists() and not force:
+            skipped += 1
+            continue
+        ext = entry.get("files_ext", ".nii.gz")
+        sample = data[k]
+        chi0 = classical_estimate(sample["field"][None], sample["mask"][None],
+                                  torch.tensor(entry["b0_dir"]),
+                                  torch.tensor(entry["voxel_size"]), **estimate)[0, 0]
+        folder = src / entry["folder"]
+        tmp = Path(tempfile.mkdtemp(dir=dst, prefix=_TMP_PREFIX))
+        os.chmod(tmp, default_dir_mode())
+        try:
+            for f in folder.iterdir():
+                if f.name in (f"{INIT_KEY}{ext}", "meta.json") or not f.is_file():
+                    continue
+                try:
+                    os.link(f, tmp / f.name)
+                except OSError:  # another file system
+                    shutil.copy2(f, tmp / f.name)
+            save_nifti(tmp / f"{INIT_KEY}{ext}", chi0,
+                       nib.load(str(folder / f"field{ext}")).affine)
+            meta = {k2: v for k2, v in entry.items() if k2 != "folder"}
+            write_json_atomic(tmp / "meta.json", dict(meta, initial_estimate=estimate))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        written += 1
+    write_manifest(dst)
+    return {"written": written, "skipped": skipped, "out_dir": str(dst)}
