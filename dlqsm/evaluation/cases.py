@@ -74,9 +74,15 @@ LAYOUTS: dict[str, dict] = {
                       "reference": "chi_cosmos.nii.gz", "labels": "evaluation_mask.nii.gz",
                       "magnitude": "magn.nii.gz", "roi_names": CHALLENGE2016_ROI_NAMES,
                       "reference_name": "COSMOS"},
+    "dlqsm-simulated": {"local_field": ["field.nii.gz", "field.nii"],
+                        "mask": ["mask.nii.gz", "mask.nii"],
+                        "reference": ["chi.nii.gz", "chi.nii"],
+                        "labels": ["labels.nii.gz", "labels.nii"]},
 }
 """Built-in layouts. ``challenge2016``: the 2016 QSM reconstruction challenge files (local field
-already in ppm, COSMOS reference, ROI labels 1..11 named by :data:`CHALLENGE2016_ROI_NAMES`)."""
+already in ppm, COSMOS reference, ROI labels 1..11 named by :data:`CHALLENGE2016_ROI_NAMES`).
+``dlqsm-simulated``: a sample folder written by ``dlqsm simulate`` (``sample_*/``), so that a
+held-out simulated set on disk (another seed than training) is evaluated as it is stored."""
 
 LAYOUT_FILE = "evaluation.json"
 OPTIONAL = ("labels", "magnitude")

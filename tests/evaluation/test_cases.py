@@ -118,3 +118,25 @@ def test_folder_errors(tmp_path):
         read_layout("nonsense")
     with pytest.raises(InputError, match="lacks reference"):
         read_layout({"local_field": "a", "mask": "b"})
+
+
+def test_simulated_dataset_folder_is_detected(tmp_path):
+    """A `dlqsm simulate` output folder is a set of cases (held-out simulated data on disk),
+    with the geometry each sample was simulated in (read back from its affine)."""
+    from dlqsm.simulation.datasets import HeadCaseDataset
+    from dlqsm.simulation.disk import DiskQSMDataset, write_dataset
+
+    ds = HeadCaseDataset(2, seed=5, shape=(20, 24, 20), voxel_size=(1.0, 1.2, 1.5),
+                         max_tilt_deg=20.0)
+    write_dataset(ds, tmp_path / "test", compress=False, progress=False)
+    cases = folder_cases(tmp_path / "test")
+    stored = DiskQSMDataset(tmp_path / "test")
+    assert [c.name for c in cases] == ["test-sample_00000", "test-sample_00001"]
+    for k, case in enumerate(cases):
+        meta, sample = stored.meta(k), stored[k]
+        np.testing.assert_allclose(case.b0_dir, meta["b0_dir"], atol=1e-5)
+        np.testing.assert_allclose(case.voxel_size, meta["voxel_size"], atol=1e-5)
+        assert np.linalg.norm(np.asarray(case.b0_dir)[:2]) > 0.05  # tilted
+        np.testing.assert_array_equal(case.local_field, sample["field"][0].numpy())
+        np.testing.assert_array_equal(case.reference, sample["chi"][0].numpy())
+        assert case.labels is not None and case.reference_name == "truth"
