@@ -142,6 +142,11 @@ class Predictor:
                 inversion that replace the trained ones for this scan (e.g.
                 ``{"alpha": "auto"}``: TV's weight chosen per scan, see
                 :func:`dlqsm.pipeline.inversion.regularization`); ignored by other models.
+                What the inversion used is recorded in ``info["initial_estimate_info"]`` (its
+                :attr:`InversionResult.info`, as ``dlqsm reconstruct`` records
+                ``stage_info.inversion``: the resolved ``parameters``, iterations and, for
+                ``"auto"``, ``auto_weight`` with the chosen weight, rule, ``lam_gcv_mm2``,
+                noise estimates and the GCV curve).
 
         Returns:
             :class:`Prediction` with ``chi`` (X, Y, Z) in ppm (numpy for numpy input, a tensor on
@@ -183,7 +188,8 @@ class Predictor:
                 kw = {} if w is None else {"weight": w}
                 if estimate_params:
                     kw["params"] = dict(estimate_params)
-                chi0 = estimate(f, m, *geo, **kw)
+                infos: list = []  # the inversion's record (resolved weight, auto_weight, ...)
+                chi0 = estimate(f, m, *geo, infos=infos, **kw)
                 chi0 = chi0.to(f.dtype) * m
             f_net = f if w is None else f * (w > 0)
             fm, mm = masked_resample(plan.resampler.to_model, f_net, m)
@@ -200,7 +206,8 @@ class Predictor:
                 chi = chi0 + corr
                 mode = dict(mode, initial_estimate="computed on the scan grid; the network's "
                                                    "correction resampled",
-                            initial_estimate_params=dict(estimate_params or {}) or "as trained")
+                            initial_estimate_params=dict(estimate_params or {}) or "as trained",
+                            initial_estimate_info=infos[0] if infos else None)
             uncovered = int((m * (1 - covered)).sum())
             chi = chi * m
             chi = (chi - chi[m > 0].mean()) * m

@@ -76,13 +76,16 @@ class InversionResidualNet(QSMModel):
         self.gain = nn.Parameter(torch.tensor(float(residual_gain)))
 
     def initial_estimate(self, field, mask=None, b0_dir=None, voxel_size=None,
-                         weight=None, params: dict | None = None) -> torch.Tensor:
+                         weight=None, params: dict | None = None,
+                         infos: list | None = None) -> torch.Tensor:
         """chi0 of a whole batch (B, 1, X, Y, Z), ppm (no gradients); ``weight``: optional data
         weight of the inversion, (B, 1, X, Y, Z); ``params``: inversion parameters that replace
-        the trained ones for this call (e.g. ``{"alpha": "auto"}``)."""
+        the trained ones for this call (e.g. ``{"alpha": "auto"}``); ``infos``: a list that
+        receives each sample's inversion record (see
+        :func:`dlqsm.pipeline.batched.classical_estimate`)."""
         return classical_estimate(apply_mask(field, mask), mask, b0_dir, voxel_size,
                                   method=self.method, params={**self.params, **(params or {})},
-                                  weight=weight)
+                                  weight=weight, infos=infos)
 
     def forward(self, field, mask=None, b0_dir=None, voxel_size=None, chi_init=None):
         """(B, 1, X, Y, Z) field in ppm -> (B, 1, X, Y, Z) chi in ppm."""

@@ -38,14 +38,18 @@ def per_sample(value, batch: int, default, device) -> torch.Tensor:
 def classical_estimate(field: torch.Tensor, mask: torch.Tensor | None = None, b0_dir=None,
                        voxel_size=None, *, method: str = "tv",
                        params: dict | None = None,
-                       weight: torch.Tensor | None = None) -> torch.Tensor:
+                       weight: torch.Tensor | None = None,
+                       infos: list | None = None) -> torch.Tensor:
     """Classical inversion of each sample of a batch ``(B, 1, X, Y, Z)`` (ppm in, ppm out).
 
     Calls :func:`dlqsm.pipeline.inversion.invert` per sample (with ``reference="mean"``) on
     the field's device, without gradients. ``mask`` None means the whole grid; ``b0_dir`` and
     ``voxel_size`` are (3,) or (B, 3) (None: z and 1 mm); ``weight`` (B, 1, X, Y, Z) or None is
     the data weight of each sample (e.g. inverse noise, 0 where the field is unreliable), for
-    the methods that take one.
+    the methods that take one. ``infos``: a list that receives each sample's inversion record
+    (:attr:`InversionResult.info`: resolved parameters, iterations, the automatic weight's
+    ``auto_weight`` for ``alpha="auto"``; None for an empty mask), so that a caller can record
+    what was chosen without inverting again.
     """
     from dlqsm.pipeline.inversion import invert
     from dlqsm.pipeline.reconstruct import _CLOSED_FORMS
@@ -62,9 +66,13 @@ def classical_estimate(field: torch.Tensor, mask: torch.Tensor | None = None, b0
             f = field[i, 0].float()
             m = torch.ones_like(f, dtype=torch.bool) if mask is None else mask[i, 0] > 0
             if not m.any():
+                if infos is not None:
+                    infos.append(None)
                 continue
             w = None if weight is None else weight[i, 0].float()
             res = invert(f, m, method=method, voxel_size=vox[i], b0_dir=b0[i], weight=w,
                          **params)
             out[i, 0] = res.chi.to(out.dtype)
+            if infos is not None:
+                infos.append(res.info)
     return out
