@@ -42,6 +42,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="add a trained model (repeatable)")
     add_param(m, help="parameter of the compared method named TARGET (e.g. tv.max_iter=50); "
               "without TARGET of every classical method; repeatable")
+    m.add_argument("--estimate-weight", choices=("by-input", "auto", "trained"),
+                   help="weight of the TV estimate that a residual model (the shipped one) "
+                   "refines, as dlqsm infer's option: by-input (default; the per-scan weight, "
+                   "since every case here is a local field), auto, or trained; a method's "
+                   "options.estimate_weight in the config wins; recorded in record.json")
     d = p.add_argument_group("test data")
     d.add_argument("--heads", type=int, metavar="N", help="number of held-out simulated heads "
                    "(default 3, or 0 with --data)")
@@ -61,6 +66,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "its own simulator and real scans")
     s.add_argument("--suite-size", choices=("full", "reduced"), default="full",
                    help="adult heads (full) or small fast ones (reduced)")
+    s.add_argument("--suite-methods", nargs="+", metavar="M",
+                   help="methods of the suite (default: reconstruct infer local-tv); "
+                   "reconstruct-tfi (raw phase -> reconstruct --method tfi) is opt-in; the "
+                   "in vivo rows run the methods among these that apply to them")
     s.add_argument("--real-data", metavar="DIR", help="folder with challenge2016/ and "
                    "multiecho_small/ (default ../shared/data beside the repository, if present)")
     s.add_argument("--cache", metavar="DIR", help="cache of generated cases (default "
@@ -157,7 +166,8 @@ def build_config(args) -> dict:
     if data.get("heads") is not None or args.heads is not None:
         data["heads"] = heads
     cfg["data"] = data
-    for key, val in (("out_dir", args.out), ("title", args.title)):
+    for key, val in (("out_dir", args.out), ("title", args.title),
+                     ("estimate_weight", args.estimate_weight)):
         if val is not None:
             cfg[key] = val
     if args.device != "auto" or not args.config:  # the flag's default leaves a config's device
@@ -180,10 +190,16 @@ def run(args) -> int:
 
     if getattr(args, "suite", None):
         return _run_suite(args)
+    if getattr(args, "suite_methods", None):
+        from dlqsm.errors import InputError
+
+        raise InputError("--suite-methods applies to --suite independent only.",
+                         fix="add --suite independent, or use --methods for the comparison.")
     cfg = build_config(args)
     # every checkpoint resolved and loaded once, before any output or test case: a missing,
     # foreign or unsafe checkpoint is refused at once (in one line)
-    runners = method_runners(cfg["methods"], device=cfg["device"])
+    runners = method_runners(cfg["methods"], device=cfg["device"],
+                             estimate_weight=cfg.get("estimate_weight", "by-input"))
     out = OutputDir(cfg["out_dir"], force=cfg["force"])
     out.check(["summary.md", "record.json"])  # writable, not someone else's, before any work
     with out.lock():  # one evaluation writes into a folder at a time
@@ -199,7 +215,7 @@ def _run_suite(args) -> int:
     import sys
 
     from dlqsm.errors import InputError
-    from dlqsm.evaluation.independent_suite import run_suite
+    from dlqsm.evaluation.independent_suite import METHODS, run_suite
     from dlqsm.pipeline.reconstruct import resolve_device
 
     if not args.out:
@@ -207,6 +223,7 @@ def _run_suite(args) -> int:
     device = str(resolve_device(args.device or "cpu"))
     result = run_suite(args.out, size=args.suite_size, real_data=args.real_data or "auto",
                        cache_dir=args.cache, device=device, force=args.force,
+                       methods=tuple(args.suite_methods or METHODS),
                        progress=not args.quiet, figures=not args.no_figures)
     if not args.quiet:
         print(f"dlqsm evaluate: wrote {len(result.files)} files to {result.out_dir} "

@@ -151,21 +151,11 @@ def run(args) -> int:
 
 
 def estimate_params(predictor, choice: str, kind: str) -> dict | None:
-    """``--estimate-weight`` -> the initial-estimate parameters for :meth:`Predictor.run`.
+    """``--estimate-weight`` -> the initial-estimate parameters for :meth:`Predictor.run`
+    (:func:`dlqsm.inference.predictor.estimate_params`, shared with ``dlqsm evaluate``)."""
+    from dlqsm.inference.predictor import estimate_params as resolve
 
-    The per-scan weights are the classical chain's
-    (:func:`dlqsm.pipeline.inversion.regularization.chain_defaults`: TV's ``alpha="auto"`` for a
-    local-field input), applied to the inversion the model refines: ``by-input`` takes the
-    chain's choice for this input kind, ``auto`` its local-field choice whatever the input,
-    ``trained`` none. The same rule held for the model as for TV alone: the per-scan weight
-    helped from a given local field on dlqsm's held-out heads and qsm-forward heads, and cost
-    points from raw phase on a voxel-sharp head (docs/model_card.md)."""
-    from dlqsm.pipeline.inversion.regularization import chain_defaults
-
-    if choice == "trained":
-        return None
-    return chain_defaults(getattr(predictor.net, "method", None),
-                          kind if choice == "by-input" else "local_field") or None
+    return resolve(predictor, choice, kind)
 
 
 def _say(args, text: str) -> None:

@@ -6,7 +6,9 @@ Rows (each case x method, scored by qsm-ci's scorer, see :mod:`dlqsm.evaluation.
   7 T; oblique B0 in the affine; anisotropic voxels), each run through
   ``reconstruct`` (raw phase -> chi, the classical default chain, given the brain mask as QSM-CI
   gives it), ``infer`` (raw phase -> chi with the shipped default model) and ``local-tv``
-  (``reconstruct --local-field``: the default inversion given the true local field);
+  (``reconstruct --local-field``: the default inversion given the true local field); opt-in
+  (``methods=``, ``--suite-methods``): ``reconstruct-tfi`` (raw phase -> ``reconstruct
+  --method tfi``, the one-step total field inversion instead of background removal + TV);
 * in vivo, the 2016 challenge subject (local field given; vs COSMOS, scored like QSM-CI's in
   vivo track, without segmentation) with per-ROI means from its ``evaluation_mask`` labels;
 * in vivo, a real 3-echo crop (no truth): field-map sanity (echo-difference consistency of the
@@ -45,8 +47,15 @@ from dlqsm.io.outputs import git_revision
 TABLES = ("results.csv", "roi_means.csv", "summary.md", "record.json")
 
 METHODS = ("reconstruct", "infer", "local-tv")
-"""Methods of the simulated rows: raw phase through the classical default chain, raw phase
-through the shipped default model, and the default inversion given the true local field."""
+"""Default methods of the simulated rows: raw phase through the classical default chain, raw
+phase through the shipped default model, and the default inversion given the true local field."""
+
+OPTIONAL_METHODS = ("reconstruct-tfi",)
+"""Methods run only when asked for: raw phase through ``reconstruct --method tfi`` (total field
+inversion: brain and background sources in one fit, no background removal step; 5-10x slower
+than the default chain)."""
+
+ALL_METHODS = METHODS + OPTIONAL_METHODS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -136,10 +145,13 @@ def _method_argv(method: str, case, out: Path, device: str) -> list[str]:
                 *common]
     if method == "infer":
         return ["infer", str(case.raw_input), "--mask", str(case.path / "mask.nii.gz"), *common]
+    if method == "reconstruct-tfi":
+        return ["reconstruct", str(case.raw_input), "--mask", str(case.path / "mask.nii.gz"),
+                "--method", "tfi", *common]
     if method == "local-tv":
         return ["reconstruct", "--local-field", str(case.path / "localfield.nii.gz"),
                 "--mask", str(case.path / "mask.nii.gz"), *common]
-    raise InputError(f"unknown suite method {method!r}.", fix=f"use {', '.join(METHODS)}.")
+    raise InputError(f"unknown suite method {method!r}.", fix=f"use {', '.join(ALL_METHODS)}.")
 
 
 def _say(progress: bool, text: str) -> None:
@@ -221,9 +233,18 @@ CHALLENGE_FILES = ("phs_tissue.nii.gz", "msk.nii.gz", "chi_cosmos.nii.gz",
                    "evaluation_mask.nii.gz")
 
 
-def invivo_rows(folder: Path, runs: Path, *, device="cpu", progress=True, figures=None):
+INVIVO_METHODS = {"local-tv": ("local-tv", "reconstruct"), "infer": ("infer-local", "infer")}
+"""Suite method -> (row name, command) of the 2016 subject's rows (a local field only: the
+raw-phase methods do not apply to it)."""
+
+
+def invivo_rows(folder: Path, runs: Path, *, device="cpu", progress=True, figures=None,
+                methods=METHODS):
     """The 2016 challenge subject: default inversion and default model given its local field,
     vs COSMOS (qsm-ci's scorer without segmentation) and per-ROI means.
+
+    ``methods``: the suite's methods; the subject gets the rows of those among ``local-tv``
+    (row ``local-tv``) and ``infer`` (row ``infer-local``), none when neither is asked for.
 
     ``figures``: a folder for ``invivo-2016_montage.png`` (COSMOS, TV, model on three slices),
     ``invivo-2016_errors.png`` (each minus COSMOS) and ``invivo-2016_rois.png`` (ROI means
@@ -232,6 +253,9 @@ def invivo_rows(folder: Path, runs: Path, *, device="cpu", progress=True, figure
     from dlqsm.io.nifti import load_nifti
 
     _, qsm_eval = require_eval_extra()
+    chosen = [row for m, row in INVIVO_METHODS.items() if m in methods]
+    if not chosen:
+        return [], [], ["in vivo 2016 skipped: none of its methods (local-tv, infer) asked for."]
     missing = [f for f in CHALLENGE_FILES if not (folder / f).is_file()]
     if missing:
         return [], [], [f"in vivo 2016 skipped: {folder} lacks {', '.join(missing)}."]
@@ -243,7 +267,7 @@ def invivo_rows(folder: Path, runs: Path, *, device="cpu", progress=True, figure
     mask_img = load_nifti(folder / "msk.nii.gz", ndim=3)
     mask = mask_img.data > 0.5
     rows, roi_rows, chis = [], [], {}
-    for method, cmd in (("local-tv", "reconstruct"), ("infer-local", "infer")):
+    for method, cmd in chosen:
         out = runs / "invivo-2016" / method
         rc, seconds, err = _cli([cmd, "--local-field", str(folder / "phs_tissue.nii.gz"),
                                  "--mask", str(folder / "msk.nii.gz"), "-o", str(out),
@@ -341,7 +365,9 @@ def run_suite(out, *, size: str = "full", specs=None, methods=METHODS, real_data
         out: output folder.
         size: "full" or "reduced" (see :func:`suite_specs`); ignored when ``specs`` is given.
         specs: :class:`CaseSpec` list to use instead.
-        methods: subset of :data:`METHODS` for the simulated cases.
+        methods: methods of :data:`ALL_METHODS` (default :data:`METHODS`) for the simulated
+            cases; the in vivo rows run those that apply (2016 subject: ``local-tv`` and
+            ``infer`` given its local field; multi-echo crop: ``reconstruct``).
         real_data: folder with ``challenge2016/`` and ``multiecho_small/``; "auto" uses
             :func:`default_real_data`; None skips the in vivo rows.
         cache_dir: cache of generated cases (default: ``$DLQSM_CACHE/qsmforward`` or
@@ -361,9 +387,11 @@ def run_suite(out, *, size: str = "full", specs=None, methods=METHODS, real_data
 
     require_eval_extra()
     rev = revision_label()  # of the code that runs (imports happen now, edits later do not count)
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        raise InputError(f"unknown suite methods {bad}.", fix=f"use {', '.join(METHODS)}.")
+    methods = tuple(dict.fromkeys(methods))
+    bad = [m for m in methods if m not in ALL_METHODS]
+    if bad or not methods:
+        raise InputError(f"unknown suite methods {bad}." if bad else "no suite method given.",
+                         fix=f"use {', '.join(ALL_METHODS)}.")
     specs = list(specs) if specs is not None else suite_specs(size)
     outdir = OutputDir(out, force=force)
     outdir.check(TABLES)
@@ -378,10 +406,16 @@ def run_suite(out, *, size: str = "full", specs=None, methods=METHODS, real_data
                      "challenge2016/ and multiecho_small/).")
     else:
         r, rr, n = invivo_rows(real / "challenge2016", runs, device=device, progress=progress,
-                               figures=outdir.path / "figures" if figures else None)
+                               figures=outdir.path / "figures" if figures else None,
+                               methods=methods)
         rows, roi_rows, notes = rows + r, roi_rows + rr, notes + n
-        r, n = multiecho_rows(real / "multiecho_small", runs, device=device, progress=progress)
-        rows, notes = rows + r, notes + n
+        if "reconstruct" in methods:
+            r, n = multiecho_rows(real / "multiecho_small", runs, device=device,
+                                  progress=progress)
+            rows, notes = rows + r, notes + n
+        else:
+            notes.append("multi-echo crop skipped: its row is the default reconstruct chain, "
+                         "not asked for.")
     files = [write_text_atomic(outdir.path / "results.csv", to_csv(rows)),
              write_text_atomic(outdir.path / "roi_means.csv", to_csv(roi_rows)),
              write_text_atomic(outdir.path / "summary.md",

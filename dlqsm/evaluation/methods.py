@@ -6,12 +6,20 @@ A method is given as a dict (from ``configs/evaluate.yaml`` or built by ``dlqsm 
     {name: tv, kind: classical, method: tv, params: {alpha: 3.0e-4}, padding: 16}
     {name: unet, kind: learned, checkpoint: runs/x/checkpoints/best.ckpt,
      options: {tile: null, overlap: 0.5, amp: false}}
+    {name: model-trained, kind: learned, checkpoint: null, options: {estimate_weight: trained}}
 
 or as a short string: an inversion name (``"tkd"``) or a checkpoint path (``"best.ckpt"``, or
 ``"unet=best.ckpt"`` to name it; ``"default"`` is the model shipped with dlqsm). Classical
 methods run :func:`dlqsm.pipeline.inversion.invert`; learned ones a
 :class:`dlqsm.inference.Predictor`. Both get the case's local field, mask, voxel size and B0
 direction and return chi (ppm) referenced to its mean inside the mask.
+
+A learned model that refines a classical inversion (the shipped default model) runs it with the
+weight ``dlqsm infer`` would use for a local-field input: ``estimate_weight`` (the evaluation's
+``--estimate-weight`` / config key, or a method's own ``options.estimate_weight``) is resolved
+by :func:`dlqsm.inference.predictor.estimate_params`, the function behind ``dlqsm infer
+--estimate-weight``; ``by-input`` (the default, as infer's) means TV's per-scan ``alpha=auto``
+here, since every method gets a local field.
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ from dlqsm.errors import InputError, check_parameter_types
 
 KINDS = ("classical", "learned")
 PREDICTOR_OPTIONS = ("tile", "roi_size", "overlap", "sw_batch_size", "amp", "memory_fraction")
+LEARNED_OPTIONS = (*PREDICTOR_OPTIONS, "estimate_weight")
+"""Options of a learned method: the :class:`~dlqsm.inference.Predictor`'s, and the weight of
+the classical estimate a residual model refines (overrides the evaluation's)."""
 
 
 @dataclass
@@ -110,10 +121,12 @@ def parse_method(item) -> MethodSpec:
 
     model_path = resolve_checkpoint(ckpt)  # the one check of this path (None: the default)
     options = dict(d.get("options") or {})
-    unknown = sorted(set(options) - set(PREDICTOR_OPTIONS))
+    unknown = sorted(set(options) - set(LEARNED_OPTIONS))
     if unknown:
         raise InputError(f"method {d.get('name')!r}: unknown option(s) {unknown}.",
-                         fix=f"valid ones: {', '.join(PREDICTOR_OPTIONS)}.")
+                         fix=f"valid ones: {', '.join(LEARNED_OPTIONS)}.")
+    if "estimate_weight" in options:
+        _check_estimate_weight(options["estimate_weight"], f"method {d.get('name')!r}")
     name = d.get("name") or (Path(ckpt).stem if ckpt else "default")
     return MethodSpec(name=str(name), kind=kind, checkpoint=None if ckpt is None else str(ckpt),
                       options=options, model_path=model_path)
@@ -132,24 +145,48 @@ def parse_methods(items) -> list[MethodSpec]:
     return specs
 
 
+def _check_estimate_weight(value, what: str) -> str:
+    """``value`` if it is one of :data:`dlqsm.inference.predictor.ESTIMATE_WEIGHTS`."""
+    from dlqsm.inference.predictor import ESTIMATE_WEIGHTS
+
+    if value not in ESTIMATE_WEIGHTS:
+        raise InputError(f"{what}: unknown estimate_weight {value!r}.",
+                         fix=f"use one of {', '.join(ESTIMATE_WEIGHTS)}.")
+    return value
+
+
 class MethodRunner:
     """Runs one method on cases: ``runner(case) -> (chi, seconds, info)``.
 
     chi is a float32 numpy array (ppm) on the case grid, referenced to its mean inside the
     mask and 0 outside. The time is the wall time of the reconstruction of that volume
     (CUDA synchronised), excluding model loading.
+
+    ``estimate_weight``: for a learned model refining a classical inversion, the weight of
+    that inversion ("by-input", "auto", "trained"; see the module docstring); a method's own
+    ``options.estimate_weight`` wins. The weight used on each case is kept in
+    :attr:`estimates` and reported by :meth:`describe`.
     """
 
-    def __init__(self, spec: MethodSpec, device="cpu", progress: bool = False):
+    def __init__(self, spec: MethodSpec, device="cpu", progress: bool = False,
+                 estimate_weight: str = "by-input"):
         self.spec = spec
         self.device = torch.device(device)
         self.progress = progress
         self.predictor = None
+        self.estimate_weight, self.estimate_params = None, None
+        self.estimates: list[dict] = []
         if spec.kind == "learned":
-            from dlqsm.inference import Predictor
+            from dlqsm.inference.predictor import Predictor, estimate_params
 
+            options = dict(spec.options)
+            self.estimate_weight = _check_estimate_weight(
+                options.pop("estimate_weight", estimate_weight), f"method {spec.name!r}")
             self.predictor = Predictor(spec.model_path or spec.checkpoint, device=self.device,
-                                       **spec.options)
+                                       **options)
+            # every case of an evaluation is a local field
+            self.estimate_params = estimate_params(self.predictor, self.estimate_weight,
+                                                   "local_field")
 
     def describe(self) -> dict:
         out = self.spec.describe()
@@ -157,6 +194,11 @@ class MethodRunner:
             out["model"] = {"checkpoint": self.predictor.checkpoint,
                             "spec": self.predictor.describe()["spec"],
                             "network": self.predictor.metadata.get("network")}
+            if getattr(self.predictor.net, "initial_estimate", None) is not None:
+                out["initial_estimate"] = {
+                    "estimate_weight": self.estimate_weight,
+                    "params": self.estimate_params or "as trained",
+                    "per_case": list(self.estimates)}
         return out
 
     def _sync(self):
@@ -170,13 +212,27 @@ class MethodRunner:
         t0 = time.perf_counter()
         if self.predictor is not None:
             out = self.predictor.run(field_t, mask_t, voxel_size=case.voxel_size,
-                                     b0_dir=case.b0_dir)
+                                     b0_dir=case.b0_dir, estimate_params=self.estimate_params)
             chi, info = out.chi, {k: v for k, v in out.info.items() if k != "timings_s"}
+            self._note_estimate(case.name, info.get("initial_estimate_info"))
         else:
             chi, info = self._classical(field_t, mask_t, case)
         self._sync()
         seconds = time.perf_counter() - t0
         return chi.float().cpu().numpy(), seconds, info
+
+    def _note_estimate(self, case_name: str, est: dict | None) -> None:
+        """Keep the weight the model's classical estimate used on a case (for the record)."""
+        if not est:
+            return
+        params = est.get("parameters") or {}
+        entry = {"case": case_name, "method": est.get("method"),
+                 **{k: params[k] for k in ("alpha", "lam") if k in params}}
+        aw = est.get("auto_weight")
+        if aw:
+            entry.update(auto=True, lam_gcv_mm2=aw.get("lam_gcv_mm2"),
+                         gcv_noise_ppm=aw.get("gcv_noise_ppm"), clipped=aw.get("clipped"))
+        self.estimates.append(entry)
 
     def _classical(self, field_t, mask_t, case):
         from dlqsm.pipeline.inversion import invert

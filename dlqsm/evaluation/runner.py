@@ -76,7 +76,8 @@ def _say(progress: bool, text: str) -> None:
 def evaluate(methods, cases: list[EvalCase], out, *, device="cpu", force: bool = False,
              figures: bool = True, save_maps: bool = False, progress: bool = True,
              title: str = "dlqsm evaluation", config: dict | None = None,
-             runners: list | None = None) -> EvaluationResult:
+             runners: list | None = None,
+             estimate_weight: str = "by-input") -> EvaluationResult:
     """Run ``methods`` on ``cases`` and write tables and figures to ``out``.
 
     Args:
@@ -92,6 +93,9 @@ def evaluate(methods, cases: list[EvalCase], out, *, device="cpu", force: bool =
         config: the configuration to store in ``record.json``.
         runners: :class:`MethodRunner` objects already built for ``methods`` (models loaded),
             else built here.
+        estimate_weight: weight of the classical estimate a learned residual model refines
+            ("by-input", as ``dlqsm infer``: the per-scan weight for these local fields;
+            "auto"; "trained"); used when the runners are built here.
 
     Raises:
         InputError: no cases, bad methods or cases (checked before any reconstruction).
@@ -111,7 +115,8 @@ def evaluate(methods, cases: list[EvalCase], out, *, device="cpu", force: bool =
         _check_case(c)
     outdir = OutputDir(out, force=force)
     outdir.check(_planned_files(cases, specs, figures, save_maps))
-    runners = runners or [MethodRunner(s, device=device) for s in specs]
+    runners = runners or [MethodRunner(s, device=device, estimate_weight=estimate_weight)
+                          for s in specs]
     rows, roi_rows, files = [], [], []
     for ci, case in enumerate(cases, 1):
         chis = {}
@@ -194,6 +199,7 @@ DEFAULT_CONFIG = {
     "force": False,
     "progress": True,
     "title": "dlqsm evaluation",
+    "estimate_weight": "by-input",
 }
 
 
@@ -249,14 +255,20 @@ def build_cases(data: dict, device="cpu", progress: bool = True) -> list[EvalCas
     return cases
 
 
-def method_runners(methods, device="cpu") -> list[MethodRunner]:
+def method_runners(methods, device="cpu", estimate_weight: str = "by-input"
+                   ) -> list[MethodRunner]:
     """Parse ``methods`` (each checkpoint resolved once) and load their models: one
-    :class:`MethodRunner` per method, to run on many cases.
+    :class:`MethodRunner` per method, to run on many cases (``estimate_weight``: see
+    :func:`evaluate`).
 
     Raises:
         InputError: a bad method, a missing, foreign or unsafe checkpoint.
     """
-    return [MethodRunner(s, device=device) for s in parse_methods(methods)]
+    from dlqsm.evaluation.methods import _check_estimate_weight
+
+    _check_estimate_weight(estimate_weight, "the evaluation")  # also with no learned method
+    return [MethodRunner(s, device=device, estimate_weight=estimate_weight)
+            for s in parse_methods(methods)]
 
 
 def run_evaluation(config: dict, *, runners: list | None = None) -> EvaluationResult:
@@ -273,7 +285,8 @@ def run_evaluation(config: dict, *, runners: list | None = None) -> EvaluationRe
 
     # models load once, before the (slow) test cases are built: a missing, foreign or unsafe
     # checkpoint is refused at once
-    runners = runners or method_runners(cfg["methods"], device=cfg["device"])
+    runners = runners or method_runners(cfg["methods"], device=cfg["device"],
+                                        estimate_weight=cfg["estimate_weight"])
     specs = [r.spec for r in runners]
     OutputDir(cfg["out_dir"], force=bool(cfg["force"])).check(TABLES)  # before slow work
     progress = bool(cfg["progress"])
@@ -281,4 +294,5 @@ def run_evaluation(config: dict, *, runners: list | None = None) -> EvaluationRe
     return evaluate(specs, cases, cfg["out_dir"], device=cfg["device"], force=bool(cfg["force"]),
                     figures=bool(cfg["figures"]), save_maps=bool(cfg["save_maps"]),
                     progress=progress, title=str(cfg["title"]),
-                    config={k: v for k, v in cfg.items() if k != "hydra"}, runners=runners)
+                    config={k: v for k, v in cfg.items() if k != "hydra"}, runners=runners,
+                    estimate_weight=cfg["estimate_weight"])

@@ -51,6 +51,45 @@ def _volume_3d(x, what: str) -> torch.Tensor:
     return t
 
 
+ESTIMATE_WEIGHTS = ("by-input", "auto", "trained")
+"""Choices of the weight of the classical estimate a residual model refines
+(``dlqsm infer --estimate-weight``, ``dlqsm evaluate --estimate-weight``)."""
+
+
+def estimate_params(predictor, choice: str = "by-input", kind: str = "local_field") -> dict | None:
+    """``--estimate-weight`` -> the ``estimate_params`` of :meth:`Predictor.run`.
+
+    The per-scan weights are the classical chain's
+    (:func:`dlqsm.pipeline.inversion.regularization.chain_defaults`: TV's ``alpha="auto"`` for a
+    local-field input), applied to the inversion the model refines: ``by-input`` takes the
+    chain's choice for this input kind, ``auto`` its local-field choice whatever the input,
+    ``trained`` none. The same rule held for the model as for TV alone: the per-scan weight
+    helped from a given local field on dlqsm's held-out heads and qsm-forward heads, and cost
+    points from raw phase on a voxel-sharp head (docs/model_card.md).
+
+    Args:
+        predictor: a :class:`Predictor` (anything with ``.net``; its ``net.method`` names the
+            classical inversion, absent for models that refine none).
+        choice: one of :data:`ESTIMATE_WEIGHTS`.
+        kind: the input kind, "raw", "total_field" or "local_field".
+
+    Returns:
+        The parameters replacing the trained ones (e.g. ``{"alpha": "auto"}``), or None.
+
+    Raises:
+        InputError: an unknown ``choice``.
+    """
+    from dlqsm.pipeline.inversion.regularization import chain_defaults
+
+    if choice not in ESTIMATE_WEIGHTS:
+        raise InputError(f"unknown estimate weight {choice!r}.",
+                         fix=f"use one of {', '.join(ESTIMATE_WEIGHTS)}.")
+    if choice == "trained":
+        return None
+    return chain_defaults(getattr(predictor.net, "method", None),
+                          kind if choice == "by-input" else "local_field") or None
+
+
 class Predictor:
     """Susceptibility (ppm) from a local field (ppm) with a trained network.
 
