@@ -35,19 +35,31 @@ def _phantom(affine):
     return chi, mask, op.forward(torch.from_numpy(chi)).numpy().astype(np.float32)
 
 
-def save_tiny_checkpoint(path, voxel_mm=1.0):
-    """An untrained checkpoint in the layout ``dlqsm train`` writes (``checkpoint["dlqsm"]``)."""
+def tiny_residual_config(params=None):
+    """Network config of a tiny TV + U-Net residual model (the shipped model's design; gain 0
+    untrained, so its output is its TV estimate) with TV parameters ``params``."""
+    return {"_target_": "dlqsm.models.InversionResidualNet", "method": "tv",
+            "params": dict(params or {}), "pad_multiple": 2,
+            "backbone": {"_target_": "monai.networks.nets.UNet", "spatial_dims": 3,
+                         "in_channels": 2, "out_channels": 1, "channels": [4, 8],
+                         "strides": [2], "num_res_units": 0}}
+
+
+def save_tiny_checkpoint(path, voxel_mm=1.0, cfg=None):
+    """An untrained checkpoint in the layout ``dlqsm train`` writes (``checkpoint["dlqsm"]``):
+    a tiny U-Net (``NormalizedNet``) unless ``cfg`` gives another network config; trained, as
+    the metadata says, at ``voxel_mm`` (one or three values)."""
     from dlqsm.models import build_from_config
 
-    cfg = {"_target_": "dlqsm.models.NormalizedNet", "pad_multiple": 2,
-           "backbone": {"_target_": "monai.networks.nets.UNet", "spatial_dims": 3,
-                        "in_channels": 1, "out_channels": 1, "channels": [4, 8],
-                        "strides": [2], "num_res_units": 0}}
+    cfg = cfg or {"_target_": "dlqsm.models.NormalizedNet", "pad_multiple": 2,
+                  "backbone": {"_target_": "monai.networks.nets.UNet", "spatial_dims": 3,
+                               "in_channels": 1, "out_channels": 1, "channels": [4, 8],
+                               "strides": [2], "num_res_units": 0}}
     net = build_from_config(cfg)
-    meta = {"format": "dlqsm-model/1", "network": "NormalizedNet",
+    vox = [float(v) for v in np.broadcast_to(np.asarray(voxel_mm, dtype=float), (3,))]
+    meta = {"format": "dlqsm-model/1", "network": cfg["_target_"].rsplit(".", 1)[-1],
             "input_normalization": net.input_normalization(),
-            "training_geometry": {"voxel_size_min": [voxel_mm] * 3,
-                                  "voxel_size_max": [voxel_mm] * 3}}
+            "training_geometry": {"voxel_size_min": vox, "voxel_size_max": vox}}
     torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
                 "dlqsm": {"net_config": cfg, "state_dict_prefix": "net.", "metadata": meta}},
                path)
@@ -192,17 +204,21 @@ def test_raw_qsmci_input_runs_field_mapping_then_the_network(tmp_path):
 
 
 def test_estimate_weight_is_per_scan_for_a_local_field(inputs, tmp_path):
-    """The shipped model refines TV: from a local field its TV weight is chosen per scan
-    (alpha=auto, recorded), --estimate-weight trained keeps the trained weight; the two maps
-    differ. From raw phase / a total field the default is the trained weight."""
+    """A model refining TV (the shipped model's design; a tiny one trained with the fixed
+    weight, so the test does not depend on the shipped model's settings): from a local field
+    its TV weight is chosen per scan (alpha=auto, recorded), --estimate-weight trained keeps
+    the trained weight; the two maps differ. From raw phase / a total field the default is the
+    trained weight."""
     from types import SimpleNamespace
 
     d, mask = inputs
+    ckpt = tmp_path / "res.ckpt"
+    save_tiny_checkpoint(ckpt, voxel_mm=(1.0, 1.0, 1.5), cfg=tiny_residual_config())
     runs = {}
     for choice in ("by-input", "trained"):
         out = tmp_path / choice
         assert _run("--local-field", d / "lf.nii.gz", "--mask", d / "mask.nii.gz", "-o", out,
-                    "--estimate-weight", choice) == 0
+                    "--estimate-weight", choice, "--checkpoint", ckpt) == 0
         rec = json.loads((out / "record.json").read_text())
         runs[choice] = (rec["inference"]["initial_estimate_params"],
                         nib.load(str(out / "chimap.nii.gz")).get_fdata())

@@ -12,6 +12,7 @@ from dlqsm.cli.main import main
 from dlqsm.physics.dipole import DipoleOperator
 from dlqsm.physics.geometry import b0_dir_from_affine, rotation_matrix
 from dlqsm.pipeline.inversion import regularization
+from tests.cli.test_infer_cli import save_tiny_checkpoint, tiny_residual_config
 
 SHAPE = (32, 34, 30)
 VOXEL = (1.5, 1.5, 2.0)
@@ -35,12 +36,16 @@ def scan(tmp_path_factory):
     field = field + np.random.default_rng(0).normal(0, 3e-3, SHAPE)
     nib.save(nib.Nifti1Image((field * mask).astype(np.float32), aff), str(d / "lf.nii.gz"))
     nib.save(nib.Nifti1Image(mask.astype(np.uint8), aff), str(d / "mask.nii.gz"))
+    # a model of the shipped model's design (TV + U-Net correction) trained with TV's fixed
+    # weight: the test does not depend on the shipped model's settings
+    save_tiny_checkpoint(d / "res.ckpt", voxel_mm=VOXEL, cfg=tiny_residual_config())
     return d, aff
 
 
 def _infer(d, out, *extra):
     return main(["infer", "--local-field", str(d / "lf.nii.gz"), "--mask",
-                 str(d / "mask.nii.gz"), "-o", str(out), "--device", "cpu", "-q", *extra])
+                 str(d / "mask.nii.gz"), "-o", str(out), "--device", "cpu", "-q",
+                 "--checkpoint", str(d / "res.ckpt"), *extra])
 
 
 def test_recorded_auto_weight_is_the_one_gcv_chooses_and_computed_once(scan, tmp_path,

@@ -11,6 +11,7 @@ from dlqsm.cli.main import main
 from dlqsm.errors import InputError
 from dlqsm.evaluation import evaluate, run_evaluation
 from dlqsm.pipeline.inversion import regularization
+from tests.cli.test_infer_cli import save_tiny_checkpoint, tiny_residual_config
 
 TV_ITERS = 15
 
@@ -18,21 +19,8 @@ TV_ITERS = 15
 def _residual_checkpoint(path, voxel_mm):
     """An untrained TV + U-Net residual model (gain 0: its output is its TV estimate) trained,
     as far as the metadata says, at ``voxel_mm`` (so the tiny heads are not resampled)."""
-    from dlqsm.models import build_from_config
-
-    cfg = {"_target_": "dlqsm.models.InversionResidualNet", "method": "tv",
-           "params": {"max_iter": TV_ITERS}, "pad_multiple": 2,
-           "backbone": {"_target_": "monai.networks.nets.UNet", "spatial_dims": 3,
-                        "in_channels": 2, "out_channels": 1, "channels": [4, 8],
-                        "strides": [2], "num_res_units": 0}}
-    net = build_from_config(cfg)
-    meta = {"format": "dlqsm-model/1", "network": "InversionResidualNet",
-            "input_normalization": net.input_normalization(),
-            "training_geometry": {"voxel_size_min": [voxel_mm] * 3,
-                                  "voxel_size_max": [voxel_mm] * 3}}
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-                "dlqsm": {"net_config": cfg, "state_dict_prefix": "net.", "metadata": meta}},
-               path)
+    save_tiny_checkpoint(path, voxel_mm=voxel_mm,
+                         cfg=tiny_residual_config({"max_iter": TV_ITERS}))
     return path
 
 
