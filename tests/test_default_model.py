@@ -23,11 +23,16 @@ def test_default_model_files_and_metadata():
     assert sum(files.values()) < 20 * 2 ** 20  # the size limit
     meta = json.loads((DEFAULT_MODEL_DIR / "metadata.json").read_text())
     assert meta["units"]["output"].startswith("susceptibility, ppm")
-    assert meta["input_normalization"]["initial_estimate"]["method"] == "tv"
-    assert meta["training_geometry"]["voxel_size_min"] == [1.0, 1.0, 1.0]
-    assert "default_model" in meta["config"]["tags"]
+    # trained on TV estimates with the per-scan weight, which inference then uses too
+    assert meta["input_normalization"]["initial_estimate"] == {"method": "tv",
+                                                              "params": {"alpha": "auto"}}
+    geo = meta["training_geometry"]  # trained on several voxel sizes and B0 tilts
+    assert max(geo["voxel_size_min"]) <= 1.0 <= min(geo["voxel_size_max"])
+    assert geo["b0_tilt_deg_max"] > 20
+    assert meta["name"].startswith("dlqsm-default") and "brains_model" in meta["config"]["tags"]
     net, meta2 = load_model(DEFAULT_MODEL_DIR)
     assert isinstance(net, InversionResidualNet) and net.method == "tv"
+    assert net.params == {"alpha": "auto"}
     assert meta2["global_step"] == meta["global_step"] > 1000
     assert all(torch.isfinite(p).all() for p in net.parameters())
 

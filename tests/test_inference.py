@@ -343,6 +343,10 @@ def test_spec_reads_training_geometry_ranges():
                                                            "voxel_size_max": [1, 1, 1]}})
     np.testing.assert_allclose(fixed.target_voxel_size((0.5, 0.5, 2)), (1, 1, 1))
     assert ModelSpec.from_metadata({"input_normalization": {"uses_geometry": True}}).b0_aware
+    # an explicit voxel_range narrows the training geometry's
+    narrow = ModelSpec.from_metadata({**meta, "voxel_range": [[0.8] * 3, [1.2] * 3]})
+    np.testing.assert_allclose(narrow.target_voxel_size((1.0, 1.0, 2.0)), (1.0, 1.0, 1.2))
+    np.testing.assert_allclose(spec.target_voxel_size((1.0, 1.0, 2.0)), (1.0, 1.0, 2.0))
 
 
 @pytest.mark.gpu

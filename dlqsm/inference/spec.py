@@ -56,9 +56,10 @@ class ModelSpec:
         Reads dlqsm's checkpoint metadata (:mod:`dlqsm.lit.metadata`): ``training_geometry``
         (``voxel_size_min/max``, ``b0_tilt_deg_max``, ``shapes``), ``input_normalization``
         (``uses_geometry`` marks a network taking B0 and voxel size; ``pad_multiple``) and
-        ``network``. Hand-written metadata may instead give ``voxel_size``, ``b0_axis``,
-        ``b0_aware``, ``resolution_aware``, ``patch_size``, ``pad_multiple`` (or its older name
-        ``size_divisor``) and ``name``, which take precedence. A network attribute named like a
+        ``network``. Hand-written metadata may instead give ``voxel_size`` (or
+        ``voxel_range``), ``b0_axis``, ``b0_aware``, ``resolution_aware``, ``patch_size``,
+        ``pad_multiple`` (or its older name ``size_divisor``) and ``name``, which take
+        precedence. A network attribute named like a
         flag (``net.b0_aware``) wins over both.
         """
         meta = dict(metadata or {})
@@ -106,10 +107,19 @@ class ModelSpec:
 
 
 def _training_voxel_size(meta: dict, geo: dict):
-    """(voxel_size, voxel_range or None) from explicit metadata or the training geometry."""
+    """(voxel_size, voxel_range or None) from explicit metadata or the training geometry.
+
+    ``meta["voxel_range"]`` ([min, max], three numbers each) narrows where the network runs at
+    the scan's own voxel size when the training range is wider than the data it learned from
+    (e.g. a few shape phantoms at 2 mm beside brains at 0.8-1.2 mm)."""
     if meta.get("voxel_size") is not None:
         return tuple(float(v) for v in normalize_voxel_size(meta["voxel_size"])), None
     lo, hi = geo.get("voxel_size_min"), geo.get("voxel_size_max")
+    if meta.get("voxel_range") is not None:
+        pair = meta["voxel_range"]
+        if not isinstance(pair, list | tuple) or len(pair) != 2:
+            raise ValueError(f"metadata voxel_range must be [min, max], got {pair!r}")
+        lo, hi = pair
     if lo is None or hi is None:
         return (1.0, 1.0, 1.0), None
     lo, hi = normalize_voxel_size(lo), normalize_voxel_size(hi)
