@@ -28,8 +28,7 @@ from dlqsm.cli.main import main  # noqa: E402
 from dlqsm.evaluation.independent import CaseSpec, generate_case, score_qsmci  # noqa: E402
 from dlqsm.io.nifti import load_nifti  # noqa: E402
 
-SPEC = dict(kind="fine", field_strength=3.0, voxel_size=3.0, shape=(48, 56, 48),
-            seed=1_000_000)
+SPEC = dict(kind="fine", field_strength=3.0, voxel_size=3.0, shape=(48, 56, 48), seed=1_000_000)
 SHIMMED = "bids/derivatives/qsm-forward/sub-1/anat/sub-1_desc-shimmed_fieldmap.nii"
 
 
@@ -39,8 +38,18 @@ def case(tmp_path_factory):
 
 
 def _run(case, field, out):
-    rc = main(["reconstruct", "--total-field", str(field), "--mask",
-               str(case.path / "mask.nii.gz"), "-o", str(out), "-q"])
+    rc = main(
+        [
+            "reconstruct",
+            "--total-field",
+            str(field),
+            "--mask",
+            str(case.path / "mask.nii.gz"),
+            "-o",
+            str(out),
+            "-q",
+        ]
+    )
     assert rc == 0
     record = json.loads((out / "record.json").read_text())
     return score_qsmci(out / "chimap.nii.gz", case.path)["nrmse"], record
@@ -49,9 +58,14 @@ def _run(case, field, out):
 @pytest.mark.slow
 def test_unshimmed_total_field_within_10_points_of_shimmed(case, tmp_path):
     mask = load_nifti(case.path / "mask.nii.gz", ndim=3).data > 0.5
-    spread = {name: float(np.std(load_nifti(case.path / f, ndim=3).data[mask]))
-              for name, f in (("unshimmed", "totalfield.nii.gz"), ("shimmed", SHIMMED),
-                              ("local", "localfield.nii.gz"))}
+    spread = {
+        name: float(np.std(load_nifti(case.path / f, ndim=3).data[mask]))
+        for name, f in (
+            ("unshimmed", "totalfield.nii.gz"),
+            ("shimmed", SHIMMED),
+            ("local", "localfield.nii.gz"),
+        )
+    }
     assert spread["unshimmed"] > 10 * spread["local"], spread  # a large background
     assert spread["unshimmed"] > 1.5 * spread["shimmed"], spread
 
