@@ -105,9 +105,9 @@ just trained for a few minutes on the CPU, on patches of a few simulated heads (
 than the held-out heads). The correction starts at zero (the untrained model is TKD itself),
 so the gap between its row and `tkd` is what those minutes of training bought: it shows that
 simulation, training and inference work end to end, not what a trained model reaches.
-`dlqsm-default` is the model dlqsm ships (TV-ADMM plus a learned correction, trained for hours
-on 96 simulated adult heads; docs/model_card.md): it shows the accuracy, on heads from dlqsm's
-own simulator. For data dlqsm did not simulate see `dlqsm evaluate --suite independent`."""
+`dlqsm-default` is the model dlqsm ships (TV-ADMM with a per-scan weight plus a learned
+correction, trained for hours on simulated adult heads and brain-like anatomy;
+docs/model_card.md): it shows the accuracy, on heads from dlqsm's own simulator. For data dlqsm did not simulate see `dlqsm evaluate --suite independent`."""
 
 
 def run(args) -> int:
