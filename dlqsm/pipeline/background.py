@@ -45,6 +45,10 @@ method here exploits in one way:
     ``max_iter`` is the working stop and ``info["converged"]`` says so. The
     optional weight W (e.g. magnitude or 1 / noise std) is normalised to mean W^2 = 1 in the
     mask. **No erosion**: the whole brain mask stays valid (QSM-CI scores dropped voxels as 0).
+    ``info["data_residual"]`` = ||W l|| / ||W f|| in the mask: the part of the field left as
+    local field, small once a large background is removed (on the 3 mm qsm-forward head of
+    tests/pipeline/test_large_background.py 0.062 unshimmed, where the true local field is
+    0.066 of the total field's spread, and 0.118 shimmed; 0.25 / 0.39 after 2 iterations).
 
     *Source gap.* Dipoles right next to the mask can mimic much of the field that brain sources
     at the rim (cortical veins, the sagittal sinus) make inside it, so PDF with sources allowed
@@ -417,9 +421,12 @@ def _pdf(f, mask, vox, b0, weight, progress, *, padding=8, gap_mm=4.0, tol=5e-4,
 
     x, it, ok, res = _cg(normal, outside * dip.adjoint(w2 * fg), tol=tol, max_iter=int(max_iter),
                          progress=progress, desc="PDF")
-    local = grid.paste((fg - dip.forward(outside * x)) * mf)
+    local_g = (fg - dip.forward(outside * x)) * mf
+    fit = float(torch.sqrt((w2 * local_g**2).sum() / (w2 * fg**2).sum().clamp_min(1e-30)))
+    local = grid.paste(local_g)
     params = {"padding": padding, "gap_mm": gap_mm, "tol": tol, "max_iter": max_iter}
-    info = _info("pdf", params, mask, mask, it, ok, res, weighted=weight is not None)
+    info = _info("pdf", params, mask, mask, it, ok, res, weighted=weight is not None,
+                 data_residual=fit)
     return BackgroundResult(local, mask.clone(), info)
 
 

@@ -81,4 +81,7 @@ def test_unshimmed_total_field_within_10_points_of_shimmed(case, tmp_path):
     assert 1 <= bfr["iterations"] <= params["max_iter"]
     assert math.isfinite(bfr["residual"]) and 0 < bfr["residual"] < 0.05
     assert bfr["converged"] == (bfr["residual"] <= params["tol"])
+    # the part of the field left as local field: measured 0.062 (0.254 with bfr.max_iter=2);
+    # the true local field is ~0.066 of the total field's spread here
+    assert 0.02 < bfr["data_residual"] < 0.1, bfr["data_residual"]
     assert record["timings_s"]["bfr"] > 0
