@@ -167,17 +167,27 @@ def write_dataset(dataset, out_dir, *, indices=None, compress: bool = True,
 
 
 def _write_atomic(out: Path, sample: dict, meta: dict, compress: bool) -> None:
-    final = out / SAMPLE_FMT.format(meta["index"])
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=_TMP_PREFIX))
+    write_folder_atomic(out / SAMPLE_FMT.format(meta["index"]),
+                        lambda tmp: write_sample(tmp, sample, meta, compress=compress))
+
+
+def write_folder_atomic(final: Path, fill) -> Path:
+    """Create the folder ``final`` whole or not at all: ``fill(tmp)`` writes its files into a
+    hidden temporary folder beside it, which then replaces ``final`` (an existing one is
+    removed first). An interruption leaves only a ``.tmp-sample_*`` folder, which
+    :func:`write_dataset` clears on its next run."""
+    final = Path(final)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=_TMP_PREFIX))
     os.chmod(tmp, default_dir_mode())  # mkdtemp makes 0700 folders
     try:
-        write_sample(tmp, sample, meta, compress=compress)
+        fill(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 def write_manifest(out_dir) -> Path:

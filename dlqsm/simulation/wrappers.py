@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -131,10 +130,14 @@ def reestimate_dataset(src, dst, *, method: str = "tv", params: dict | None = No
     from tqdm.auto import tqdm
 
     from dlqsm.errors import InputError
-    from dlqsm.io.atomic import default_dir_mode
     from dlqsm.io.nifti import save_nifti
     from dlqsm.io.outputs import write_json_atomic
-    from dlqsm.simulation.disk import _TMP_PREFIX, DiskQSMDataset, write_manifest
+    from dlqsm.simulation.disk import (
+        _TMP_PREFIX,
+        DiskQSMDataset,
+        write_folder_atomic,
+        write_manifest,
+    )
 
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
@@ -168,9 +171,8 @@ def reestimate_dataset(src, dst, *, method: str = "tv", params: dict | None = No
                                   torch.tensor(entry["b0_dir"]),
                                   torch.tensor(entry["voxel_size"]), **estimate)[0, 0]
         folder = src / entry["folder"]
-        tmp = Path(tempfile.mkdtemp(dir=dst, prefix=_TMP_PREFIX))
-        os.chmod(tmp, default_dir_mode())
-        try:
+
+        def fill(tmp: Path, folder=folder, entry=entry, ext=ext, chi0=chi0) -> None:
             for f in folder.iterdir():
                 if f.name in (f"{INIT_KEY}{ext}", "meta.json") or not f.is_file():
                     continue
@@ -180,14 +182,10 @@ def reestimate_dataset(src, dst, *, method: str = "tv", params: dict | None = No
                     shutil.copy2(f, tmp / f.name)
             save_nifti(tmp / f"{INIT_KEY}{ext}", chi0,
                        nib.load(str(folder / f"field{ext}")).affine)
-            meta = {k2: v for k2, v in entry.items() if k2 != "folder"}
+            meta = {k: v for k, v in entry.items() if k != "folder"}
             write_json_atomic(tmp / "meta.json", dict(meta, initial_estimate=estimate))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+
+        write_folder_atomic(final, fill)
         written += 1
     write_manifest(dst)
     return {"written": written, "skipped": skipped, "out_dir": str(dst)}
