@@ -273,9 +273,11 @@ a local-field input (``--local-field``), where the automatic weight was better t
 one on dlqsm's heads, qsm-forward's heads and the in-vivo check (within 1 NRMSE point where it
 was not better). From raw phase it lost 5.6 points on a voxel-sharp qsm-forward head (rim errors
 of background removal read as noise), so raw and total-field input keep the fixed weight. The
-functions' own defaults stay fixed (``tv(alpha=3e-4)``, ``medi(lam=1000)``): the shipped
-model's initial estimate and dlqsm's simulated training data use them, and ``dlqsm evaluate``
-compares methods with them."""
+functions' own defaults stay fixed (``tv(alpha=3e-4)``, ``medi(lam=1000)``): dlqsm's simulated
+training data (``chi_init``) and ``dlqsm evaluate``'s classical methods use them. Learned
+methods that refine TV take their estimate's weight from
+:func:`dlqsm.inference.predictor.estimate_params` (``by-input``: these chain defaults); the
+default model v2 was trained with ``alpha="auto"``."""
 
 
 def chain_defaults(method: str | None, kind: str = "raw") -> dict:
