@@ -220,6 +220,18 @@ def _run_suite(args) -> int:
 
     if not args.out:
         raise InputError("no output folder.", fix="pass -o OUT.")
+    unused = [flag for flag, given in (
+        ("--config", args.config), ("--methods", args.methods), ("--checkpoint", args.checkpoint),
+        ("--param", args.param), ("--estimate-weight", args.estimate_weight),
+        ("--heads", args.heads is not None), ("--shape", args.shape),
+        ("--voxel-size", args.voxel_size), ("--seed", args.seed is not None),
+        ("--b0-tilt", args.b0_tilt is not None), ("--noise", args.noise is not None),
+        ("--data", args.data), ("--layout", args.layout)) if given]
+    if unused:  # the suite runs dlqsm's own defaults on its own cases: say so, never ignore
+        raise InputError(f"{', '.join(unused)} do not apply to --suite independent (it runs "
+                         "dlqsm's default commands on its own cases).",
+                         fix="drop them, choose the suite's methods with --suite-methods, or "
+                             "run the comparison without --suite.")
     device = str(resolve_device(args.device or "cpu"))
     result = run_suite(args.out, size=args.suite_size, real_data=args.real_data or "auto",
                        cache_dir=args.cache, device=device, force=args.force,

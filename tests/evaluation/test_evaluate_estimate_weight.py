@@ -83,3 +83,9 @@ def test_estimate_weight_option_and_config_key(tmp_path, monkeypatch):
                    "options": {"estimate_weight": "never"}}], [], tmp_path / "o3")
     with pytest.raises(InputError, match="applies to --suite independent only"):
         cli.run(parser.parse_args(["-o", str(tmp_path / "o4"), "--suite-methods", "tfi"]))
+    # the suite runs dlqsm's defaults: comparison flags given with it are refused, not ignored
+    for extra in (["--estimate-weight", "auto"], ["--heads", "0"], ["--checkpoint", "x.ckpt"]):
+        with pytest.raises(InputError, match=f"{extra[0]} do not apply to --suite"):
+            cli.run(parser.parse_args(["-o", str(tmp_path / "o5"), "--suite", "independent",
+                                       *extra]))
+    assert not (tmp_path / "o5").exists()
