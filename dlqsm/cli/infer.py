@@ -146,8 +146,26 @@ def run(args) -> int:
                                                 total), "sha256": hashes})
     for note in fmap.notices:
         _say(args, f"note: {note}")
+    weight = estimate_summary(pred.info.get("initial_estimate_info"))
+    if weight:
+        _say(args, weight)
     _say(args, f"wrote {', '.join(names)} to {out.path} ({total:.1f} s)")
     return 0
+
+
+def estimate_summary(info: dict | None) -> str | None:
+    """One line on the classical estimate the model refined (its weight, and how it was chosen)
+    from ``inference.initial_estimate_info``; None for a model without one."""
+    if not info:
+        return None
+    params = info.get("parameters") or {}
+    auto = info.get("auto_weight") or {}
+    name = auto.get("parameter") or next((k for k in ("alpha", "lam") if k in params), None)
+    if name is None or params.get(name) is None:
+        return None
+    how = (f"chosen for this scan ({auto.get('criterion', 'auto')}, record.json)" if auto
+           else "as trained")
+    return f"initial estimate: {info.get('method', '?')} {name} {float(params[name]):.2g} {how}"
 
 
 def estimate_params(predictor, choice: str, kind: str) -> dict | None:

@@ -82,6 +82,12 @@ def test_recorded_auto_weight_is_the_one_gcv_chooses_and_computed_once(scan, tmp
     assert not aw["clipped"] and abs(alpha / regularization.TV_ALPHA_FIXED - 1) > 0.2
     assert est["b0_dir"] == pytest.approx(list(b0_dir_from_affine(aff)), abs=1e-6)
     assert est["voxel_size"] == pytest.approx(list(VOXEL))
+    # and the console line says which weight the model's estimate took
+    from dlqsm.cli.infer import estimate_summary
+
+    assert estimate_summary(est) == (f"initial estimate: tv alpha {alpha:.2g} chosen for this "
+                                     "scan (gcv, record.json)")
+    assert estimate_summary(None) is None
 
 
 def test_trained_weight_is_recorded_without_auto_weight(scan, tmp_path):
@@ -92,3 +98,6 @@ def test_trained_weight_is_recorded_without_auto_weight(scan, tmp_path):
     assert inf["initial_estimate_params"] == "as trained"
     assert est["parameters"]["alpha"] == regularization.TV_ALPHA_FIXED
     assert "auto_weight" not in est and est["iterations"] >= 1
+    from dlqsm.cli.infer import estimate_summary
+
+    assert estimate_summary(est) == "initial estimate: tv alpha 0.0003 as trained"
