@@ -107,6 +107,7 @@ def run(args) -> int:
     from dlqsm.cli.reconstruct import scan_arguments, stage_params, write_maps
     from dlqsm.errors import InputError
     from dlqsm.inference import Predictor, local_field_from_scan
+    from dlqsm.inference.predictor import estimate_params
     from dlqsm.io.outputs import OutputDir
     from dlqsm.io.scan import load_scan
     from dlqsm.pipeline.reconstruct import check_parameters, resolve_device
@@ -156,24 +157,16 @@ def run(args) -> int:
 def estimate_summary(info: dict | None) -> str | None:
     """One line on the classical estimate the model refined (its weight, and how it was chosen)
     from ``inference.initial_estimate_info``; None for a model without one."""
-    if not info:
+    from dlqsm.inference.predictor import estimate_weight_used
+
+    used = estimate_weight_used(info)
+    if used is None:
         return None
-    params = info.get("parameters") or {}
-    auto = info.get("auto_weight") or {}
-    name = auto.get("parameter") or next((k for k in ("alpha", "lam") if k in params), None)
-    if name is None or params.get(name) is None:
-        return None
+    auto = used["auto_weight"]
     how = (f"chosen for this scan ({auto.get('criterion', 'auto')}, record.json)" if auto
            else "as trained")
-    return f"initial estimate: {info.get('method', '?')} {name} {float(params[name]):.2g} {how}"
-
-
-def estimate_params(predictor, choice: str, kind: str) -> dict | None:
-    """``--estimate-weight`` -> the initial-estimate parameters for :meth:`Predictor.run`
-    (:func:`dlqsm.inference.predictor.estimate_params`, shared with ``dlqsm evaluate``)."""
-    from dlqsm.inference.predictor import estimate_params as resolve
-
-    return resolve(predictor, choice, kind)
+    return (f"initial estimate: {used['method'] or '?'} {used['parameter']} "
+            f"{used['value']:.2g} {how}")
 
 
 def _say(args, text: str) -> None:

@@ -223,11 +223,13 @@ class MethodRunner:
 
     def _note_estimate(self, case_name: str, est: dict | None) -> None:
         """Keep the weight the model's classical estimate used on a case (for the record)."""
+        from dlqsm.inference.predictor import estimate_weight_used
+
         if not est:
             return
-        params = est.get("parameters") or {}
+        used = estimate_weight_used(est)
         entry = {"case": case_name, "method": est.get("method"),
-                 **{k: params[k] for k in ("alpha", "lam") if k in params}}
+                 **({used["parameter"]: used["value"]} if used else {})}
         aw = est.get("auto_weight")
         if aw:
             entry.update(auto=True, lam_gcv_mm2=aw.get("lam_gcv_mm2"),

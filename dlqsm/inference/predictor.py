@@ -90,6 +90,23 @@ def estimate_params(predictor, choice: str = "by-input", kind: str = "local_fiel
                           kind if choice == "by-input" else "local_field") or None
 
 
+def estimate_weight_used(info: dict | None) -> dict | None:
+    """The regularisation weight a model's classical estimate used, read from its record
+    (``Prediction.info["initial_estimate_info"]``): ``{"method", "parameter"`` ("alpha" or
+    "lam"), ``"value", "auto_weight"`` (the automatic weight's record, None for a fixed
+    weight)``}``; None for a model without such an estimate or a method without a weight."""
+    if not info:
+        return None
+    params = info.get("parameters") or {}
+    auto = info.get("auto_weight") or None
+    name = (auto or {}).get("parameter") or next((k for k in ("alpha", "lam") if k in params),
+                                                  None)
+    if name is None or params.get(name) is None:
+        return None
+    return {"method": info.get("method"), "parameter": name, "value": float(params[name]),
+            "auto_weight": auto}
+
+
 class Predictor:
     """Susceptibility (ppm) from a local field (ppm) with a trained network.
 

@@ -159,20 +159,22 @@ def reestimate_dataset(src, dst, *, method: str = "tv", params: dict | None = No
     for stale in dst.glob(_TMP_PREFIX + "*"):
         shutil.rmtree(stale, ignore_errors=True)
     written = skipped = 0
-    for k, entry in enumerate(tqdm(data.entries, disable=not progress, desc="re-estimate",
-                                   unit="sample")):
+    for entry in tqdm(data.entries, disable=not progress, desc="re-estimate", unit="sample"):
         final = dst / entry["folder"]
         if final.exists() and (final / "meta.json").exists() and not force:
             skipped += 1
             continue
         ext = entry.get("files_ext", ".nii.gz")
-        sample = data[k]
-        chi0 = classical_estimate(sample["field"][None], sample["mask"][None],
-                                  torch.tensor(entry["b0_dir"]),
-                                  torch.tensor(entry["voxel_size"]), **estimate)[0, 0]
         folder = src / entry["folder"]
+        # only the field and mask are read (not chi, labels or the old estimate)
+        field_img = nib.load(str(folder / f"field{ext}"))
+        field, mask = (torch.from_numpy(np.asarray(img.dataobj, dtype=np.float32))[None, None]
+                       for img in (field_img, nib.load(str(folder / f"mask{ext}"))))
+        chi0 = classical_estimate(field, mask, torch.tensor(entry["b0_dir"]),
+                                  torch.tensor(entry["voxel_size"]), **estimate)[0, 0]
 
-        def fill(tmp: Path, folder=folder, entry=entry, ext=ext, chi0=chi0) -> None:
+        def fill(tmp: Path, folder=folder, entry=entry, ext=ext, chi0=chi0,
+                 affine=field_img.affine) -> None:
             for f in folder.iterdir():
                 if f.name in (f"{INIT_KEY}{ext}", "meta.json") or not f.is_file():
                     continue
@@ -180,8 +182,7 @@ def reestimate_dataset(src, dst, *, method: str = "tv", params: dict | None = No
                     os.link(f, tmp / f.name)
                 except OSError:  # another file system
                     shutil.copy2(f, tmp / f.name)
-            save_nifti(tmp / f"{INIT_KEY}{ext}", chi0,
-                       nib.load(str(folder / f"field{ext}")).affine)
+            save_nifti(tmp / f"{INIT_KEY}{ext}", chi0, affine)
             meta = {k: v for k, v in entry.items() if k != "folder"}
             write_json_atomic(tmp / "meta.json", dict(meta, initial_estimate=estimate))
 

@@ -12,6 +12,7 @@ import torch
 from dlqsm.cli import infer as cli
 from dlqsm.cli.main import main
 from dlqsm.inference import Predictor
+from dlqsm.inference.predictor import estimate_params
 from dlqsm.physics.dipole import DipoleOperator
 from dlqsm.physics.geometry import b0_dir_from_affine, rotation_matrix
 
@@ -225,8 +226,8 @@ def test_estimate_weight_is_per_scan_for_a_local_field(inputs, tmp_path):
     assert runs["by-input"][0] == {"alpha": "auto"} and runs["trained"][0] == "as trained"
     assert np.abs(runs["by-input"][1] - runs["trained"][1])[mask].max() > 1e-5
     tv_model = SimpleNamespace(net=SimpleNamespace(method="tv"))
-    assert cli.estimate_params(tv_model, "by-input", "raw") is None
-    assert cli.estimate_params(tv_model, "by-input", "total_field") is None
-    assert cli.estimate_params(tv_model, "auto", "raw") == {"alpha": "auto"}
+    assert estimate_params(tv_model, "by-input", "raw") is None
+    assert estimate_params(tv_model, "by-input", "total_field") is None
+    assert estimate_params(tv_model, "auto", "raw") == {"alpha": "auto"}
     tkd_model = SimpleNamespace(net=SimpleNamespace(method="tkd"))
-    assert cli.estimate_params(tkd_model, "auto", "local_field") is None
+    assert estimate_params(tkd_model, "auto", "local_field") is None
