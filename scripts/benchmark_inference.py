@@ -46,6 +46,10 @@ def parse_args(argv=None):
     p.add_argument("--b0-tilt", type=float, default=0.0, help="B0 tilt in degrees")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
+    p.add_argument("--data-consistency", nargs="+", default=["none"],
+                   choices=("none", "l2", "tv"), metavar="DC",
+                   help="data-consistency steps to time after the network (none, l2, tv; "
+                   "dlqsm infer --data-consistency, default iterations)")
     return p.parse_args(argv)
 
 
@@ -109,16 +113,18 @@ def main(argv=None) -> int:
              f"Model: {meta.get('network', type(net).__name__)} ({n_params / 1e6:.2f} M "
              f"parameters), {source}. {hardware()}. B0 tilt {args.b0_tilt} deg, "
              f"median of {args.repeats} after {args.warmup} warm-up.", "",
-             "| Device | Shape | Mode | Window | Median (s) | Min (s) | Peak memory (GiB) |",
-             "|---|---|---|---|---|---|---|"]
+             "| Device | Shape | Mode | Window | Data consistency | Median (s) | Min (s) | "
+             "Peak memory (GiB) |",
+             "|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for dev in devices:
         for shape_text, shape in zip(args.shapes, shapes, strict=True):
             field, mask, b0 = make_input(shape, args.b0_tilt)
-            for mode in args.modes:
+            for mode, dc in ((m, d) for m in args.modes for d in args.data_consistency):
                 pred = Predictor.from_module(net, meta, device=dev, tile=(mode == "sliding"),
                                              roi_size=args.roi if mode == "sliding" else None,
-                                             overlap=args.overlap, amp=args.amp)
+                                             overlap=args.overlap, amp=args.amp,
+                                             data_consistency=dc)
                 try:
                     r = bench_one(pred, field, mask, b0, args.repeats, args.warmup)
                 except torch.OutOfMemoryError:
@@ -126,7 +132,8 @@ def main(argv=None) -> int:
                          "mode": f"{mode} (out of memory)", "roi": None}
                     torch.cuda.empty_cache()
                 roi = "x".join(map(str, r["roi"])) + f" ({args.overlap})" if r["roi"] else "-"
-                line = (f"| {dev} | {shape_text} | {r['mode']} | {roi} | {r['median_s']:.2f} | "
+                line = (f"| {dev} | {shape_text} | {r['mode']} | {roi} | {dc} | "
+                        f"{r['median_s']:.2f} | "
                         f"{r['min_s']:.2f} | {r['peak_gib']:.2f} |")
                 lines.append(line)
                 print(line, flush=True)
