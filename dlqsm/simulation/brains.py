@@ -42,6 +42,10 @@ chi)`` (the project's dipole operator, zero-padded) plus noise shaped like the e
 map (:func:`echo_fit_noise_ppm`: higher where the multi-echo magnitude is low); and, as an
 option (``background=``), the local field is what dlqsm's background removal leaves of a total
 field with skull, scalp and air around the brain (residual background, rim errors, eroded mask).
+Optionally (``anisotropy_ppm=``, off by default) white matter's susceptibility is a
+cylindrically symmetric tensor (:mod:`dlqsm.physics.anisotropy`) with fibre directions
+approximated from the template's WM map (:func:`load_fibres`); the truth stays the mean
+susceptibility, the field includes the anisotropic part.
 
 Samples follow the contract of :mod:`dlqsm.simulation.datasets` (:class:`BrainDataset`);
 :class:`SourceMixture` mixes them with the procedural heads and shapes.
@@ -271,6 +275,31 @@ def load_atlas() -> BrainAtlas:
     )
 
 
+FIBRE_SMOOTH_MM = 1.0
+"""Gaussian sigma (mm) of the WM map before the structure tensor of :func:`load_fibres`."""
+FIBRE_TENSOR_MM = 3.0
+"""Gaussian sigma (mm) over which :func:`load_fibres` averages the structure tensor."""
+ANISOTROPY_STREAM = 0xA115
+"""Key of the random stream (derived from the sample's seed) that draws the anisotropy, so
+that switching it on changes no other draw of a sample."""
+
+
+@functools.lru_cache(maxsize=1)
+def load_fibres() -> torch.Tensor:
+    """Approximate white-matter fibre directions (3, X, Y, Z) float32 on the template's 1 mm grid
+    (components along MNI x, y, z; zero where WM probability <= 0.05): the direction of least
+    change of the smoothed WM probability (:func:`dlqsm.simulation.fibres.fibre_directions`,
+    which states the approximation; cached, a few s the first time). On the MNI152 maps it
+    runs left-right in the genu and splenium of the corpus callosum and mostly
+    inferior-superior in the internal capsule; in the callosal body (a flat sheet) it runs
+    anterior-posterior, not left-right."""
+    from dlqsm.simulation.fibres import fibre_directions
+
+    wm = load_atlas().wm.numpy()
+    dirs = fibre_directions(wm, smooth_mm=FIBRE_SMOOTH_MM, tensor_mm=FIBRE_TENSOR_MM)
+    return torch.from_numpy(dirs)
+
+
 # --------------------------------------------------------------------------------------------
 # geometry: elastic deformation, sampling, averaging
 # --------------------------------------------------------------------------------------------
@@ -443,6 +472,7 @@ class BrainConfig:
     background: str | None = None
     background_params: dict | None = None
     shim_ppm: float = 0.05
+    anisotropy_ppm: float | Sequence[float] | None = None
     b0_tesla: float | Sequence[float] | None = None  # deprecated name of field_strength
 
     def __post_init__(self):
@@ -808,6 +838,38 @@ def _head_around(chi, labels, mask, geom: _Geometry, g):
     return partial_volume(chi_all, lab, (0.0, 0.8)), lab
 
 
+def _anisotropy_field(cfg: BrainConfig, g, geom: _Geometry, atlas: BrainAtlas, box, origin,
+                      mask, pad, meta: dict):
+    """Field (ppm, (X, Y, Z)) of the white-matter anisotropy dchi * wm * (n n^T - I / 3), or
+    None when ``cfg.anisotropy_ppm`` is None or 0.
+
+    dchi is drawn from a stream derived from the sample's seed (:data:`ANISOTROPY_STREAM`).
+    The source wm (n (n . h) - h / 3) is built on the template voxels in MNI axes, with B0
+    turned into them by the sample's rotation, sampled (bilinear: the voxel average of
+    n n^T) at the output voxel centres, where the field is computed, and turned back into the
+    voxel axes. The affine's small per-axis scalings and the elastic part do not turn the
+    fibres. Only sources inside ``mask`` count for the exact local field (``background`` None).
+    """
+    value = cfg.anisotropy_ppm
+    if value is None or (isinstance(value, (int, float)) and float(value) == 0.0):
+        return None
+    from dlqsm.physics.anisotropy import anisotropic_source, vector_source_field
+    from dlqsm.physics.dipole import DipoleOperator
+    from dlqsm.simulation.rng import derive_seed
+
+    dchi = uniform_scalar(make_generator(derive_seed(g.initial_seed(), ANISOTROPY_STREAM)), value)
+    src = anisotropic_source(atlas.wm[box], load_fibres()[(slice(None), *box)], geom.rot @ geom.b0)
+    src = _sample(src, geom.to_mni(_grid_points(geom.shape, geom.vox.tolist())), origin, "bilinear")
+    src = dchi * torch.einsum("ji,jxyz->ixyz", geom.rot, src)
+    if cfg.background is None:
+        src = src * mask
+    op = DipoleOperator(geom.shape, geom.vox.tolist(), geom.b0, padding=pad)
+    field = vector_source_field(src, op)
+    meta["anisotropy_ppm"] = dchi
+    meta["anisotropy_rms_ppm"] = float(field[mask].square().mean().sqrt())
+    return field
+
+
 def simulate_brain(config: BrainConfig, generator: torch.Generator) -> tuple[dict, dict]:
     """One brain-like sample (dataset contract of :mod:`dlqsm.simulation.datasets`) and meta.
 
@@ -871,15 +933,18 @@ def simulate_brain(config: BrainConfig, generator: torch.Generator) -> tuple[dic
         noise = torch.where(torch.isfinite(noise), noise, torch.zeros(()))
         meta["noise_ppm_median"] = float(noise[mask].median())
         noise = noise * randn(g, *geom.shape).cpu()
+    aniso = _anisotropy_field(cfg, g, geom, atlas, box, origin, mask, pad, meta)
+    if aniso is None:
+        aniso = torch.zeros(())  # isotropic susceptibility (the default)
     if cfg.background is None:
         chi = reference_chi(chi_c, mask)
-        field = local_field(chi, mask, vox, b0, padding=pad) + noise * mask
+        field = local_field(chi, mask, vox, b0, padding=pad) + (noise + aniso) * mask
     else:
         from dlqsm.pipeline.background import remove_background
         from dlqsm.simulation.acquisition import shim_field
 
         chi_all, lab_all = _head_around(chi_c, labels, mask, geom, g)
-        total = forward_field(chi_all - AIR_PPM, vox, b0, padding=pad) + noise
+        total = forward_field(chi_all - AIR_PPM, vox, b0, padding=pad) + noise + aniso
         if cfg.shim_ppm > 0:
             total = total + shim_field(geom.shape, vox.tolist(), cfg.shim_ppm, g)
         res = remove_background(
@@ -947,6 +1012,14 @@ class BrainDataset(SeededDataset):
             :func:`dlqsm.pipeline.background.remove_background` (e.g. "pdf", "vsharp") run on
             a total field with skull, scalp and air; background_params: its parameters;
             shim_ppm: a second-order shim residual in that total field.
+        anisotropy_ppm: white-matter susceptibility anisotropy chi_parallel - chi_perpendicular
+            (ppm; number or (low, high) range drawn per sample; None or 0: off, the default).
+            The field then includes the anisotropic part of the tensor
+            ``chi I + dchi * wm * (n n^T - I / 3)`` (:mod:`dlqsm.physics.anisotropy`; fibre
+            directions n from the template, :func:`load_fibres`); ``chi`` (the truth) stays
+            the mean susceptibility; dchi is not scaled by ``chi_multiplier``. Drawn from its
+            own stream of the sample's seed, so switching it on changes no other draw; meta
+            records ``anisotropy_ppm`` (dchi) and ``anisotropy_rms_ppm`` (its field's RMS).
     """
 
     item_name = "brains"
