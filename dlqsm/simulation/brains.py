@@ -484,6 +484,10 @@ class BrainConfig:
         if int(self.fine_factor) < 1:
             raise ValueError(f"fine_factor must be >= 1, got {self.fine_factor}")
         self.background_params = dict(self.background_params or {})
+        a = self.anisotropy_ppm
+        if a is not None and not isinstance(a, (int, float)) and len(a) != 2:
+            raise ValueError(f"anisotropy_ppm must be None, a number or a (low, high) range in "
+                             f"ppm, got {a!r}")
         if self.b0_tesla is not None:
             warnings.warn("the brain simulation setting 'b0_tesla' is deprecated; use "
                           "'field_strength'.", DeprecationWarning, stacklevel=3)

@@ -179,3 +179,5 @@ def test_config_key_is_off_and_can_be_set():
     cfg = compose_config(["simulation=brains", "simulation.anisotropy_ppm=[0.0,0.03]"])
     ds = instantiate(cfg.simulation, length=2, seed=0)
     assert ds.config.anisotropy_ppm == [0.0, 0.03]
+    with pytest.raises(ValueError, match="anisotropy_ppm"):
+        brains.BrainConfig(anisotropy_ppm=[0.0, 0.01, 0.02])
