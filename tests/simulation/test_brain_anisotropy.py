@@ -179,5 +179,12 @@ def test_config_key_is_off_and_can_be_set():
     cfg = compose_config(["simulation=brains", "simulation.anisotropy_ppm=[0.0,0.03]"])
     ds = instantiate(cfg.simulation, length=2, seed=0)
     assert ds.config.anisotropy_ppm == [0.0, 0.03]
+    # the brains sources of the mixture recipe take it like any other BrainConfig key
+    cfg = compose_config(
+        ["simulation=brains_cases", "+simulation.dataset.sources.brains.anisotropy_ppm=[0.0,0.03]"]
+    )
+    mix = instantiate(cfg.simulation, length=4, seed=0).dataset
+    assert mix.datasets["brains"].config.anisotropy_ppm == [0.0, 0.03]
+    assert mix.datasets["brains_bg"].config.anisotropy_ppm is None
     with pytest.raises(ValueError, match="anisotropy_ppm"):
         brains.BrainConfig(anisotropy_ppm=[0.0, 0.01, 0.02])
