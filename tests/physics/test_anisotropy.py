@@ -196,3 +196,15 @@ def test_bad_shapes_are_refused():
     batched = DipoleOperator(shape, b0_dir=torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]))
     with pytest.raises(ValueError, match="one B0 direction"):
         anisotropic_field(torch.zeros(shape), torch.zeros(3, *shape), batched)
+
+
+@pytest.mark.gpu
+def test_anisotropic_field_on_cuda_matches_cpu():
+    shape = (12, 10, 14)
+    chi, dchi = random_map(shape, 1).float(), random_map(shape, 2).float()
+    n = random_fibres(shape).float()
+    cpu = tensor_field(chi, dchi, n, DipoleOperator(shape, (1.0, 1.2, 0.9), OBLIQUE, padding=3))
+    op = DipoleOperator(shape, (1.0, 1.2, 0.9), OBLIQUE, padding=3).to("cuda")
+    gpu = tensor_field(chi.cuda(), dchi.cuda(), n.cuda(), op)
+    assert gpu.device.type == "cuda"
+    assert torch.allclose(gpu.cpu(), cpu, atol=1e-5 * float(cpu.abs().max()))
