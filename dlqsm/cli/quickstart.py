@@ -107,7 +107,8 @@ so the gap between its row and `tkd` is what those minutes of training bought: i
 simulation, training and inference work end to end, not what a trained model reaches.
 `dlqsm-default` is the model dlqsm ships (TV-ADMM with a per-scan weight plus a learned
 correction, trained for hours on simulated adult heads and brain-like anatomy;
-docs/model_card.md): it shows the accuracy, on heads from dlqsm's own simulator. For data dlqsm did not simulate see `dlqsm evaluate --suite independent`."""
+docs/model_card.md): it shows the accuracy, on heads from dlqsm's own simulator. For data
+dlqsm did not simulate see `dlqsm evaluate --suite independent`."""
 
 
 def run(args) -> int:

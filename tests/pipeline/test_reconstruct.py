@@ -187,6 +187,30 @@ def test_field_steps_get_zero_weight(axial):
     assert s_on < 70.0 and s_off > 3 * s_on, (s_on, s_off)
 
 
+def test_rim_weight_discounts_rim_errors(axial):
+    """PDF's rim weight (``bfr.rim_mm``, default 2 mm): a smooth 0.03 ppm error of the total
+    field in the outer two voxel layers (non-harmonic: background removal cannot take it out)
+    gets zero data weight. Measured: 129.9 % NRMSE without the rim weight, 78.9 % with it
+    (clean field: 42.9 / 37.8 %). The rim stays in the mask and the map, and is recorded."""
+    m = axial["mask"]
+    rim = m & ~ndimage.binary_erosion(m, iterations=2)
+    err = ndimage.gaussian_filter(np.random.default_rng(3).normal(size=m.shape), 1.0)
+    field = axial["total_field"] + 0.03 * err / err[rim].std() * rim
+    on = reconstruct(Scan(total_field=field, mask=m), progress=False)
+    off = reconstruct(Scan(total_field=field, mask=m), progress=False,
+                      stage_params={"bfr": {"rim_mm": 0}})
+    assert on.parameters["bfr"]["rim_mm"] == 2.0 and off.info["bfr"]["rim_voxels"] == 0
+    n_rim = on.info["bfr"]["rim_voxels"]
+    assert n_rim == int((torch.as_tensor(m) & (on.weight == 0)).sum()) >= rim.sum()
+    assert float(on.weight[torch.as_tensor(rim)].abs().max()) == 0
+    assert on.mask.sum() == m.sum() and float(on.chimap[torch.as_tensor(rim)].abs().max()) > 0
+    s_on, s_off = _score(on, axial), _score(off, axial)
+    assert s_on < 0.75 * s_off, (s_on, s_off)
+    with pytest.raises(InputError, match="rim_mm"):
+        reconstruct(Scan(total_field=field, mask=m), progress=False,
+                    stage_params={"bfr": {"rim_mm": -1.0}})
+
+
 def test_total_and_local_field_inputs(axial):
     mask = axial["mask"]
     r_tf = reconstruct(Scan(total_field=axial["total_field"], mask=mask), bfr="lbv",

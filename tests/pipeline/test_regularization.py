@@ -141,11 +141,38 @@ def test_reconstruct_record_carries_the_automatic_weight(head, tmp_path):
 
 def test_only_the_chain_defaults_to_auto():
     """reconstruct's TV is automatic for a local-field input (fixed from raw phase and total
-    fields); the function's default (which the shipped model's initial estimate, simulated
-    training data and dlqsm evaluate use) stays the fixed weight."""
+    fields, where PDF's rim weight ``bfr.rim_mm`` applies); the function's default (which
+    simulated training data and dlqsm evaluate's classical methods use) stays the fixed
+    weight."""
     assert resolve_parameters("local_field")["inversion"]["alpha"] == "auto"
     assert resolve_parameters("raw")["inversion"]["alpha"] == reg.TV_ALPHA_FIXED
     assert resolve_parameters("total_field")["inversion"]["alpha"] == reg.TV_ALPHA_FIXED
+    assert "bfr" not in resolve_parameters("local_field")
+    assert resolve_parameters("raw")["bfr"]["rim_mm"] == 2.0  # PDF, the default
+    assert resolve_parameters("raw", bfr="vsharp")["bfr"]["rim_mm"] == 0.0  # erodes itself
     assert resolve_parameters("local_field", method="medi")["inversion"]["lam"] == 1000.0
     assert method_defaults("tv")["alpha"] == reg.TV_ALPHA_FIXED == 3e-4
     assert method_defaults("medi")["lam"] == reg.MEDI_LAM_FIXED
+
+
+def test_near_cone_ratio_measures_the_non_dipolar_share():
+    """A dipole field has no power on the magic-angle cone; white noise has as much there as
+    anywhere. The near-cone ratio of the GCV record reads ~0 for a field that is exactly
+    D * chi (mask = the whole grid, so no truncation), ~1 for white noise, and grows with
+    the noise share in between."""
+    gen = torch.Generator().manual_seed(4)
+    ones = torch.ones(SHAPE, dtype=torch.bool)
+    chi = torch.randn(SHAPE, generator=gen)
+    dip = DipoleOperator(SHAPE).forward(chi)
+    noise = torch.randn(SHAPE, generator=gen) * float(dip.std())
+
+    def ratio(f):
+        return reg.gcv_curve(f, ones)["near_cone_ratio"]
+
+    r_dip, r_noise = ratio(dip), ratio(noise)
+    assert r_dip < 0.02, r_dip  # |D| < 0.05 near the cone, > 0.4 far: (0.05 / 0.4)^2 at most
+    assert 0.8 < r_noise < 1.25, r_noise
+    mixed = [ratio(dip + a * noise) for a in (0.1, 0.3, 1.0)]
+    assert r_dip < mixed[0] < mixed[1] < mixed[2] < r_noise, mixed
+    _, rec = reg.auto_tv_alpha(dip, ones)
+    assert rec["near_cone_ratio"] == pytest.approx(r_dip)
