@@ -44,8 +44,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
               "without TARGET of every classical method; repeatable")
     m.add_argument("--estimate-weight", choices=("by-input", "auto", "trained"),
                    help="weight of the TV estimate that a residual model (the shipped one) "
-                   "refines, as dlqsm infer's option: auto (default; the per-scan weight), "
-                   "by-input (the same here: every case is a local field), or trained; a method's "
+                   "refines, as dlqsm infer's option: by-input (default; the per-scan weight, "
+                   "since every case here is a local field), auto, or trained; a method's "
                    "options.estimate_weight in the config wins; recorded in record.json")
     d = p.add_argument_group("test data")
     d.add_argument("--heads", type=int, metavar="N", help="number of held-out simulated heads "
@@ -199,7 +199,7 @@ def run(args) -> int:
     # every checkpoint resolved and loaded once, before any output or test case: a missing,
     # foreign or unsafe checkpoint is refused at once (in one line)
     runners = method_runners(cfg["methods"], device=cfg["device"],
-                             estimate_weight=cfg.get("estimate_weight", "auto"))
+                             estimate_weight=cfg.get("estimate_weight", "by-input"))
     out = OutputDir(cfg["out_dir"], force=cfg["force"])
     out.check(["summary.md", "record.json"])  # writable, not someone else's, before any work
     with out.lock():  # one evaluation writes into a folder at a time

@@ -57,12 +57,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--dc-iters", type=int, default=10, metavar="N",
                    help="iterations of the data-consistency step")
     m.add_argument("--estimate-weight", choices=("by-input", "auto", "trained"),
-                   default="auto",
+                   default="by-input",
                    help="regularisation weight of the TV estimate that a residual model (the "
-                   "shipped one) refines: auto (default; chosen per scan, as reconstruct's "
-                   "tv.alpha=auto), by-input (as dlqsm reconstruct: auto for a local field, the "
-                   "fixed weight from raw phase or a total field) or trained (the weight the "
-                   "model was trained with); measured in docs/benchmarks/independent.md")
+                   "shipped one) refines: auto (chosen per scan, as reconstruct's "
+                   "tv.alpha=auto), trained (the weight the model was trained with), or by-input: "
+                   "auto for a local-field input, trained from raw phase or a total field "
+                   "(measured in docs/model_card.md)")
     add_stage_arguments(p.add_argument_group("field mapping (raw or total-field input)"),
                         inversion=False)
     add_run_arguments(p)

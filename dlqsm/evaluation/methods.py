@@ -18,8 +18,8 @@ A learned model that refines a classical inversion (the shipped default model) r
 weight ``dlqsm infer`` would use for a local-field input: ``estimate_weight`` (the evaluation's
 ``--estimate-weight`` / config key, or a method's own ``options.estimate_weight``) is resolved
 by :func:`dlqsm.inference.predictor.estimate_params`, the function behind ``dlqsm infer
---estimate-weight``; ``auto`` (the default, as infer's) means TV's per-scan ``alpha=auto``, and
-so does ``by-input`` here, since every method gets a local field.
+--estimate-weight``; ``by-input`` (the default, as infer's) means TV's per-scan ``alpha=auto``
+here, since every method gets a local field.
 """
 
 from __future__ import annotations
@@ -163,13 +163,13 @@ class MethodRunner:
     (CUDA synchronised), excluding model loading.
 
     ``estimate_weight``: for a learned model refining a classical inversion, the weight of
-    that inversion ("auto", "by-input", "trained"; see the module docstring); a method's own
+    that inversion ("by-input", "auto", "trained"; see the module docstring); a method's own
     ``options.estimate_weight`` wins. The weight used on each case is kept in
     :attr:`estimates` and reported by :meth:`describe`.
     """
 
     def __init__(self, spec: MethodSpec, device="cpu", progress: bool = False,
-                 estimate_weight: str = "auto"):
+                 estimate_weight: str = "by-input"):
         self.spec = spec
         self.device = torch.device(device)
         self.progress = progress

@@ -77,7 +77,7 @@ def evaluate(methods, cases: list[EvalCase], out, *, device="cpu", force: bool =
              figures: bool = True, save_maps: bool = False, progress: bool = True,
              title: str = "dlqsm evaluation", config: dict | None = None,
              runners: list | None = None,
-             estimate_weight: str = "auto") -> EvaluationResult:
+             estimate_weight: str = "by-input") -> EvaluationResult:
     """Run ``methods`` on ``cases`` and write tables and figures to ``out``.
 
     Args:
@@ -94,8 +94,8 @@ def evaluate(methods, cases: list[EvalCase], out, *, device="cpu", force: bool =
         runners: :class:`MethodRunner` objects already built for ``methods`` (models loaded),
             else built here.
         estimate_weight: weight of the classical estimate a learned residual model refines
-            ("auto", as ``dlqsm infer``: the per-scan weight; "by-input", the same for these
-            local fields; "trained"); used when the runners are built here.
+            ("by-input", as ``dlqsm infer``: the per-scan weight for these local fields;
+            "auto"; "trained"); used when the runners are built here.
 
     Raises:
         InputError: no cases, bad methods or cases (checked before any reconstruction).
@@ -199,7 +199,7 @@ DEFAULT_CONFIG = {
     "force": False,
     "progress": True,
     "title": "dlqsm evaluation",
-    "estimate_weight": "auto",
+    "estimate_weight": "by-input",
 }
 
 
@@ -255,7 +255,7 @@ def build_cases(data: dict, device="cpu", progress: bool = True) -> list[EvalCas
     return cases
 
 
-def method_runners(methods, device="cpu", estimate_weight: str = "auto"
+def method_runners(methods, device="cpu", estimate_weight: str = "by-input"
                    ) -> list[MethodRunner]:
     """Parse ``methods`` (each checkpoint resolved once) and load their models: one
     :class:`MethodRunner` per method, to run on many cases (``estimate_weight``: see

@@ -56,18 +56,16 @@ ESTIMATE_WEIGHTS = ("by-input", "auto", "trained")
 (``dlqsm infer --estimate-weight``, ``dlqsm evaluate --estimate-weight``)."""
 
 
-def estimate_params(predictor, choice: str = "auto", kind: str = "local_field") -> dict | None:
+def estimate_params(predictor, choice: str = "by-input", kind: str = "local_field") -> dict | None:
     """``--estimate-weight`` -> the ``estimate_params`` of :meth:`Predictor.run`.
 
     The per-scan weights are the classical chain's
     (:func:`dlqsm.pipeline.inversion.regularization.chain_defaults`: TV's ``alpha="auto"`` for a
-    local-field input), applied to the inversion the model refines: ``auto`` (the default) takes
-    the chain's local-field choice whatever the input, ``by-input`` the chain's choice for this
-    input kind (the fixed weight from raw phase or a total field, as ``dlqsm reconstruct``),
-    ``trained`` none. With PDF's rim weight (``bfr.rim_mm``) the default model v2 with ``auto``
-    beat ``by-input`` from raw phase on 7 of the 8 independent-suite cases (NRMSE 39.3-86.8 %
-    against 37.9-88.9 %; own 1 mm head 1.4 points worse) and its deep-grey-matter slope was no
-    worse on the fine-grid heads (docs/benchmarks/independent.md, "Rim weight").
+    local-field input), applied to the inversion the model refines: ``by-input`` takes the
+    chain's choice for this input kind, ``auto`` its local-field choice whatever the input,
+    ``trained`` none. The same rule held for the model as for TV alone: the per-scan weight
+    helped from a given local field on dlqsm's held-out heads and qsm-forward heads, and cost
+    points from raw phase on a voxel-sharp head (docs/model_card.md).
 
     Args:
         predictor: a :class:`Predictor` (anything with ``.net``; its ``net.method`` names the

@@ -34,14 +34,14 @@ def test_learned_residual_model_uses_infers_weight_and_records_it(tiny_heads, tm
                 "params": {"alpha": "auto", "max_iter": TV_ITERS}}]
     res = evaluate(methods, [head], tmp_path / "out", progress=False, figures=False)
     nrmse = {r["method"]: r["nrmse"] for r in res.rows}
-    # gain 0: the model's map is its TV estimate, so "auto" (the default) measures TV with
+    # gain 0: the model's map is its TV estimate, so "by-input" (the default) measures TV with
     # the per-scan weight, exactly as dlqsm infer runs it from a local field
     assert nrmse["res"] == pytest.approx(nrmse["tv-auto"], abs=1e-3)
     assert abs(nrmse["res"] - nrmse["res-trained"]) > 0.05
     rec = json.loads((tmp_path / "out" / "record.json").read_text())
     by = {m["name"]: m for m in rec["methods"]}
     auto, trained = by["res"]["initial_estimate"], by["res-trained"]["initial_estimate"]
-    assert auto["estimate_weight"] == "auto" and auto["params"] == {"alpha": "auto"}
+    assert auto["estimate_weight"] == "by-input" and auto["params"] == {"alpha": "auto"}
     assert trained["estimate_weight"] == "trained" and trained["params"] == "as trained"
     f = torch.as_tensor(head.local_field, dtype=torch.float32)
     m = torch.as_tensor(head.mask).bool()
@@ -62,13 +62,12 @@ def test_estimate_weight_option_and_config_key(tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake(methods, device="cpu", estimate_weight="auto"):
+    def fake(methods, device="cpu", estimate_weight="by-input"):
         seen["estimate_weight"] = estimate_weight
         raise InputError("stop here")
 
     monkeypatch.setattr(runner, "method_runners", fake)
-    for argv, expect in (([], "auto"), (["--estimate-weight", "by-input"], "by-input"),
-                         (["--estimate-weight", "trained"], "trained")):
+    for argv, expect in (([], "by-input"), (["--estimate-weight", "trained"], "trained")):
         assert main(["evaluate", "--methods", "tkd", "--heads", "1", "-o", str(tmp_path / "o"),
                      "-q", *argv]) != 0
         assert seen.pop("estimate_weight") == expect

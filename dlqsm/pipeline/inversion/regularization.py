@@ -315,8 +315,9 @@ iron is what QSM is measured for (docs/benchmarks/independent.md, "Rim weight").
 functions' own defaults stay fixed (``tv(alpha=3e-4)``, ``medi(lam=1000)``): dlqsm's simulated
 training data (``chi_init``) and ``dlqsm evaluate``'s classical methods use them. Learned
 methods that refine TV take their estimate's weight from
-:func:`dlqsm.inference.predictor.estimate_params` (default ``auto`` for every input: the model
-corrects the heavier smoothing; the default model v2 was trained with ``alpha="auto"``)."""
+:func:`dlqsm.inference.predictor.estimate_params` (``by-input``: these chain defaults, else the
+weight the model was trained with; the default model v2 was trained with ``alpha="auto"``, so
+its estimate takes the per-scan weight from raw phase too)."""
 
 
 def chain_defaults(method: str | None, kind: str = "raw") -> dict:
