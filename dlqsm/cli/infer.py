@@ -61,8 +61,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="regularisation weight of the TV estimate that a residual model (the "
                    "shipped one) refines: auto (chosen per scan, as reconstruct's "
                    "tv.alpha=auto), trained (the weight the model was trained with), or by-input: "
-                   "as dlqsm reconstruct chooses for this input (auto for every input kind "
-                   "since the rim weight; docs/benchmarks/independent.md)")
+                   "auto for a local-field input, trained from raw phase or a total field "
+                   "(measured in docs/model_card.md)")
     add_stage_arguments(p.add_argument_group("field mapping (raw or total-field input)"),
                         inversion=False)
     add_run_arguments(p)

@@ -60,12 +60,12 @@ def estimate_params(predictor, choice: str = "by-input", kind: str = "local_fiel
     """``--estimate-weight`` -> the ``estimate_params`` of :meth:`Predictor.run`.
 
     The per-scan weights are the classical chain's
-    (:func:`dlqsm.pipeline.inversion.regularization.chain_defaults`: TV's ``alpha="auto"`` for
-    every input kind), applied to the inversion the model refines: ``by-input`` takes the
+    (:func:`dlqsm.pipeline.inversion.regularization.chain_defaults`: TV's ``alpha="auto"`` for a
+    local-field input), applied to the inversion the model refines: ``by-input`` takes the
     chain's choice for this input kind, ``auto`` its local-field choice whatever the input,
-    ``trained`` none. The per-scan weight helped the model from a given local field on dlqsm's
-    held-out heads and qsm-forward heads (docs/model_card.md); the shipped v2 was trained with
-    it, so its ``trained`` setting is the same from raw phase.
+    ``trained`` none. The same rule held for the model as for TV alone: the per-scan weight
+    helped from a given local field on dlqsm's held-out heads and qsm-forward heads, and cost
+    points from raw phase on a voxel-sharp head (docs/model_card.md).
 
     Args:
         predictor: a :class:`Predictor` (anything with ``.net``; its ``net.method`` names the

@@ -30,9 +30,11 @@ Stages (each a pure torch function from its own module; this one only composes t
    fitted background).
 
 A total-field input starts at ``bfr``; a local-field input goes straight to ``inversion``,
-where, as after background removal, the default TV's weight is chosen per scan
-(``alpha="auto"``, :data:`~dlqsm.pipeline.inversion.regularization.CHAIN_DEFAULTS`; measured in
-docs/benchmarks/independent.md; ``--param tv.alpha=3e-4`` gives the earlier fixed weight).
+where the default TV's weight is chosen per scan (``alpha="auto"``,
+:data:`~dlqsm.pipeline.inversion.regularization.CHAIN_DEFAULTS`: measured better on every kind
+of local field; from raw phase, with the rim weight, it had the lower NRMSE too but the lower
+XSIM and a worse deep-grey-matter slope, so the fixed weight stays there and
+``--param tv.alpha=auto`` asks for it).
 Everything runs on ``device`` in float32; per-stage wall times (CUDA synchronised) and each
 stage's ``info`` are returned. Progress lines go to stderr when ``progress`` is set.
 """
@@ -70,11 +72,10 @@ rim from the mask themselves). PDF keeps the whole mask but is least right at it
 local field of qsm-forward heads is off by ~0.009 ppm median within 2 mm of the edge, about
 twice the local field itself). The voxels stay in the mask and in the
 map (no erosion; chi there comes from the regulariser and the neighbours' data). On the 8 cases
-of the independent suite it took the chain's NRMSE down by 0.1-3.2 points with the fixed TV
-weight and by 0.7-9.7 with the automatic one, and with the rim weight the automatic weight
-became the default from raw phase (47.4-129.5 % -> 47.0-98.5 %); confirmed on a second phantom
-seed (docs/benchmarks/independent.md, "Rim weight"). ``bfr.rim_mm=0`` turns it off; a local-field input (no background removal here) keeps
-its given rim."""
+of the independent suite it took the default chain's NRMSE down by 0.1-3.2 points (XSIM up or equal
+on all 8; deep grey matter slope within 0.02), on a second phantom seed by 0.4-9.9
+(docs/benchmarks/independent.md, "Rim weight"). ``bfr.rim_mm=0`` turns it off; a local-field
+input (no background removal here) keeps its given rim."""
 MAX_FIELD_STEP_RAD = 1.0
 """Largest trusted field step between 6-neighbours, in rad of phase at the first echo (raw
 input): steeper voxels (and their neighbours) get zero data weight but stay in the mask

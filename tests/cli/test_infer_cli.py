@@ -208,8 +208,8 @@ def test_estimate_weight_is_per_scan_for_a_local_field(inputs, tmp_path):
     """A model refining TV (the shipped model's design; a tiny one trained with the fixed
     weight, so the test does not depend on the shipped model's settings): from a local field
     its TV weight is chosen per scan (alpha=auto, recorded), --estimate-weight trained keeps
-    the trained weight; the two maps differ. From raw phase / a total field the default follows
-    dlqsm reconstruct too (the per-scan weight, with PDF's rim weight)."""
+    the trained weight; the two maps differ. From raw phase / a total field the default is the
+    trained weight."""
     from types import SimpleNamespace
 
     d, mask = inputs
@@ -226,8 +226,8 @@ def test_estimate_weight_is_per_scan_for_a_local_field(inputs, tmp_path):
     assert runs["by-input"][0] == {"alpha": "auto"} and runs["trained"][0] == "as trained"
     assert np.abs(runs["by-input"][1] - runs["trained"][1])[mask].max() > 1e-5
     tv_model = SimpleNamespace(net=SimpleNamespace(method="tv"))
-    assert estimate_params(tv_model, "by-input", "raw") == {"alpha": "auto"}
-    assert estimate_params(tv_model, "by-input", "total_field") == {"alpha": "auto"}
+    assert estimate_params(tv_model, "by-input", "raw") is None
+    assert estimate_params(tv_model, "by-input", "total_field") is None
     assert estimate_params(tv_model, "auto", "raw") == {"alpha": "auto"}
     tkd_model = SimpleNamespace(net=SimpleNamespace(method="tkd"))
     assert estimate_params(tkd_model, "auto", "local_field") is None

@@ -140,11 +140,13 @@ def test_reconstruct_record_carries_the_automatic_weight(head, tmp_path):
 
 
 def test_only_the_chain_defaults_to_auto():
-    """reconstruct's TV is automatic for every input kind (from raw phase and total fields
-    together with PDF's rim weight ``bfr.rim_mm``); the function's default (which simulated
-    training data and dlqsm evaluate's classical methods use) stays the fixed weight."""
-    for kind in ("local_field", "raw", "total_field"):
-        assert resolve_parameters(kind)["inversion"]["alpha"] == "auto"
+    """reconstruct's TV is automatic for a local-field input (fixed from raw phase and total
+    fields, where PDF's rim weight ``bfr.rim_mm`` applies); the function's default (which
+    simulated training data and dlqsm evaluate's classical methods use) stays the fixed
+    weight."""
+    assert resolve_parameters("local_field")["inversion"]["alpha"] == "auto"
+    assert resolve_parameters("raw")["inversion"]["alpha"] == reg.TV_ALPHA_FIXED
+    assert resolve_parameters("total_field")["inversion"]["alpha"] == reg.TV_ALPHA_FIXED
     assert "bfr" not in resolve_parameters("local_field")
     assert resolve_parameters("raw")["bfr"]["rim_mm"] == 2.0  # PDF, the default
     assert resolve_parameters("raw", bfr="vsharp")["bfr"]["rim_mm"] == 0.0  # erodes itself

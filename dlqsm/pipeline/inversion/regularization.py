@@ -302,22 +302,24 @@ def accepts_auto(method: str | None, name: str, value) -> bool:
     return AUTO_PARAMETERS.get(method or "") == name and is_auto(value)
 
 
-CHAIN_DEFAULTS: dict[str, dict[str, dict]] = {kind: {"tv": {"alpha": AUTO}}
-                                               for kind in ("raw", "total_field", "local_field")}
+CHAIN_DEFAULTS: dict[str, dict[str, dict]] = {"local_field": {"tv": {"alpha": AUTO}}}
 """Weights that dlqsm's classical chain (:func:`dlqsm.pipeline.reconstruct.reconstruct`, i.e.
-``dlqsm reconstruct``) chooses per scan unless given, by input kind and method: TV's weight, for
-every input kind. From a given local field the automatic weight was better than the fixed one
-on dlqsm's heads, qsm-forward's heads and the in-vivo check (within 1 NRMSE point where it was
-not). From raw phase and total fields it became the default together with PDF's rim weight
-(``bfr.rim_mm``): on the 8 cases of the independent suite and 8 of a second phantom seed it was
-better than the fixed weight on 15 of 16 by NRMSE (by up to 45 points; 1.6 points worse on one
-voxel-sharp head), with the deep-grey-matter slope mixed (better on 8 of 16, summed
-|1 - slope| 2.14 against 1.78; docs/benchmarks/independent.md, "Rim weight"). Without the rim
-weight it had lost 5.6 points on a voxel-sharp head. The functions' own defaults stay fixed
-(``tv(alpha=3e-4)``, ``medi(lam=1000)``): dlqsm's simulated training data (``chi_init``) and
-``dlqsm evaluate``'s classical methods use them. Learned methods that refine TV take their
-estimate's weight from :func:`dlqsm.inference.predictor.estimate_params` (``by-input``: these
-chain defaults; the default model v2 was trained with ``alpha="auto"``)."""
+``dlqsm reconstruct``) chooses per scan unless given, by input kind and method: TV's weight for
+a local-field input (``--local-field``), where the automatic weight was better than the fixed
+one on dlqsm's heads, qsm-forward's heads and the in-vivo check (within 1 NRMSE point where it
+was not better). From raw phase and total fields the chain keeps the fixed weight: together
+with PDF's rim weight (``bfr.rim_mm``) ``auto`` had the lower NRMSE on 15 of 16 cases (the
+independent suite and a second phantom seed; by up to 45 points) but the lower XSIM on all 8
+suite cases (0.21 against 0.31 on the fine-grid 3 T head: NRMSE rewards over-smoothing, XSIM
+was made to catch it) and a worse deep-grey-matter slope overall (summed |1 - slope| over the
+16 cases 2.14 against 1.78; fine-grid suite heads 0.07-0.22 against 0.01-0.12):
+docs/benchmarks/independent.md, "Rim weight". The
+functions' own defaults stay fixed (``tv(alpha=3e-4)``, ``medi(lam=1000)``): dlqsm's simulated
+training data (``chi_init``) and ``dlqsm evaluate``'s classical methods use them. Learned
+methods that refine TV take their estimate's weight from
+:func:`dlqsm.inference.predictor.estimate_params` (``by-input``: these chain defaults, else the
+weight the model was trained with; the default model v2 was trained with ``alpha="auto"``, so
+its estimate takes the per-scan weight from raw phase too)."""
 
 
 def chain_defaults(method: str | None, kind: str = "raw") -> dict:
