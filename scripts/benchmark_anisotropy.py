@@ -15,7 +15,7 @@ local field inside the mask (%), the NRMSE at each weight and the automatic weig
 median over brains per dchi. Needs nilearn (the MNI152 maps); nothing else outside the repo.
 
     nice -n 10 python scripts/benchmark_anisotropy.py --brains 3 --threads 2 \\
-        --update-doc docs/benchmarks/simulation.md
+        --update-doc docs/benchmarks/anisotropy.md
 """
 
 from __future__ import annotations
