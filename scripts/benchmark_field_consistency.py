@@ -74,7 +74,6 @@ def main(argv=None) -> int:
     p.add_argument("folders", nargs="+", type=Path, help="case folders")
     p.add_argument("-o", "--out", type=Path, help="also write the rows as JSON here")
     args = p.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = [measure(f) for f in args.folders]
     lines = ["| case | near-cone ratio | ||f - D chi_ref|| / ||f|| % | best scale | field RMS ppm "
              "| auto TV alpha | GCV noise ppm |", "|---|---|---|---|---|---|---|"]

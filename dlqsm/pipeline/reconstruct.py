@@ -472,8 +472,16 @@ class _State:
         n_bad = int(bad.sum())
         self.info["mask"].update(field_step_ppm=step_ppm, unreliable_voxels=n_bad)
         if n_bad and n_bad < int(self.mask.sum()):
-            w = torch.where(bad, torch.zeros_like(self.weight), self.weight)
-            self.weight = w / w[self.mask].mean()
+            self._zero_weight(bad)
+
+    def _zero_weight(self, drop: torch.Tensor) -> None:
+        """Data weight 0 on ``drop`` (voxels stay in the mask), renormalised to mean 1 in the
+        mask; a missing weight starts as the mask. Kept as it was if nothing would be left."""
+        w = self.weight if self.weight is not None else self.mask.float()
+        w = torch.where(drop, torch.zeros_like(w), w)
+        mean = float(w[self.mask].mean())
+        if mean > 0:
+            self.weight = w / mean
 
     # -- background removal ----------------------------------------------------------------
     def background(self) -> None:
@@ -497,22 +505,15 @@ class _State:
                 and rim_mm >= 0):
             raise InputError(f"bfr.rim_mm must be a number of mm >= 0, got {rim_mm!r}.",
                              fix="use e.g. --param bfr.rim_mm=2 (0 turns the rim weight off).")
-        inner = masking.erode_mask(self.mask, float(rim_mm), self.vox) if rim_mm > 0 else (
-            self.mask)
+        inner = masking.erode_mask(self.mask, float(rim_mm), self.vox)  # 0 mm: the mask
         n_rim = int(self.mask.sum()) - int(inner.sum())
-        self.info["bfr"].update(rim_mm=float(rim_mm), rim_voxels=n_rim)
-        if n_rim == 0:
-            return
-        if not inner.any():
+        if n_rim and not inner.any():
             self.notices.append(f"the mask is thinner than the {rim_mm:g} mm rim: its data "
                                 "weight was kept (no voxel would have been left).")
-            self.info["bfr"]["rim_voxels"] = 0
-            return
-        w = self.weight if self.weight is not None else self.mask.float()
-        w = torch.where(inner, w, torch.zeros_like(w))
-        mean = float(w[self.mask].mean())
-        if mean > 0:  # else every inner voxel already had zero weight: keep the weight
-            self.weight = w / mean
+            n_rim = 0
+        elif n_rim:
+            self._zero_weight(self.mask & ~inner)
+        self.info["bfr"].update(rim_mm=float(rim_mm), rim_voxels=n_rim)
 
     # -- inversion -------------------------------------------------------------------------
     def invert(self) -> None:
