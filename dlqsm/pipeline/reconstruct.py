@@ -7,7 +7,9 @@ Stages (each a pure torch function from its own module; this one only composes t
    the magnitude (:func:`dlqsm.pipeline.masking.brain_mask`), later restricted to voxels whose
    echo fit is reliable (phase-quality mask from the fit residual) and eroded by
    ``mask_erosion_mm``.
-3. ``unwrap``: multi-echo unwrapping (``romeo`` exact region growing, or ``laplacian``).
+3. ``unwrap``: multi-echo unwrapping (``romeo`` exact region growing, or ``laplacian``) after
+   removing the phase offset at TE = 0, smoothed over ``unwrap.offset_smoothing_mm`` (2 mm;
+   :data:`dlqsm.pipeline.unwrap.OFFSET_SMOOTHING_MM`).
 4. ``echo_fit``: weighted least-squares fit of phase against TE (``wls``; ``nonlinear`` refines
    it on the complex signal) -> total field (ppm), the phase offset at TE = 0 and a noise map
    (std of the field, ppm). The data weight is the inverse noise map, set to 0 where the
