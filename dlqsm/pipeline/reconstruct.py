@@ -44,6 +44,7 @@ stage's ``info`` are returned. Progress lines go to stderr when ``progress`` is 
 from __future__ import annotations
 
 import inspect
+import math
 import sys
 import time
 import warnings
@@ -258,7 +259,22 @@ def check_parameters(stage_params: dict | None, *, unwrap: str = "romeo", echo_f
                  if not (stage == "inversion" and accepts_auto(methods[stage], k, v))}
         check_parameter_types(typed, defaults, what=f"{stage} ({methods[stage]})"
                               if methods[stage] else stage)
+        for key in NONNEGATIVE_MM.get(stage, ()):
+            if key in given:
+                _check_nonnegative_mm(stage, key, given[key])
     return CheckedParameters(stage_params, (unwrap, echo_fit, bfr, method))
+
+
+NONNEGATIVE_MM = {"unwrap": ("offset_smoothing_mm",), "bfr": ("rim_mm",)}
+"""Chain parameters that are distances in mm >= 0 (0 turns the step off); checked with the
+parameters, before any data is loaded."""
+
+
+def _check_nonnegative_mm(stage: str, key: str, value) -> None:
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0):
+        raise InputError(f"{stage}.{key} must be a number of mm >= 0, got {value!r}.",
+                         fix=f"use e.g. --param {stage}.{key}=2 (0 turns it off).")
 
 
 def _check_choice(what: str, value: str, choices) -> None:
@@ -503,10 +519,7 @@ class _State:
 
     def _rim_weight(self, rim_mm) -> None:
         """Zero the data weight within ``rim_mm`` of the mask edge (:data:`RIM_WEIGHT_MM`)."""
-        if not (isinstance(rim_mm, (int, float)) and not isinstance(rim_mm, bool)
-                and rim_mm >= 0):
-            raise InputError(f"bfr.rim_mm must be a number of mm >= 0, got {rim_mm!r}.",
-                             fix="use e.g. --param bfr.rim_mm=2 (0 turns the rim weight off).")
+        _check_nonnegative_mm("bfr", "rim_mm", rim_mm)
         inner = masking.erode_mask(self.mask, float(rim_mm), self.vox)  # 0 mm: the mask
         n_rim = int(self.mask.sum()) - int(inner.sum())
         if n_rim and not inner.any():

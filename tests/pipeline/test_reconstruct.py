@@ -25,7 +25,12 @@ from dlqsm.metrics.functional import nrmse
 from dlqsm.physics.dipole import DipoleOperator
 from dlqsm.physics.geometry import rotation_matrix
 from dlqsm.physics.units import ppm_to_phase
-from dlqsm.pipeline.reconstruct import ReconstructionResult, reconstruct, resolve_parameters
+from dlqsm.pipeline.reconstruct import (
+    ReconstructionResult,
+    check_parameters,
+    reconstruct,
+    resolve_parameters,
+)
 
 SHAPE = (40, 44, 36)
 TE = (0.003, 0.007, 0.011, 0.015)
@@ -209,6 +214,16 @@ def test_rim_weight_discounts_rim_errors(axial):
     with pytest.raises(InputError, match="rim_mm"):
         reconstruct(Scan(total_field=field, mask=m), progress=False,
                     stage_params={"bfr": {"rim_mm": -1.0}})
+
+
+@pytest.mark.parametrize("stage,key", [("unwrap", "offset_smoothing_mm"), ("bfr", "rim_mm")])
+def test_negative_distances_are_refused_with_the_parameters(stage, key):
+    """Distances in mm are checked with the other parameters, before any data is read (a
+    negative smoothing would otherwise silently mean none)."""
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(InputError, match=f"{stage}.{key} must be a number of mm >= 0"):
+            check_parameters({stage: {key: bad}})
+    assert check_parameters({stage: {key: 0}})[stage][key] == 0  # 0 turns the step off
 
 
 def test_total_and_local_field_inputs(axial):
