@@ -79,6 +79,10 @@ of the independent suite it took the default chain's NRMSE down by 0.1-3.2 point
 on all 8; deep grey matter slope within 0.02), on a second phantom seed by 0.4-9.9
 (docs/benchmarks/independent.md, "Rim weight"). ``bfr.rim_mm=0`` turns it off; a local-field
 input (no background removal here) keeps its given rim."""
+THICK_SLICE_ASPECT = 1.9
+"""Largest / smallest voxel size from which PDF adds a notice that V-SHARP may be the safer
+background method (measured on two 1.5x1.5x3 mm qsm-forward heads; isotropic heads favour PDF)."""
+
 MAX_FIELD_STEP_RAD = 1.0
 """Largest trusted field step between 6-neighbours, in rad of phase at the first echo (raw
 input): steeper voxels (and their neighbours) get zero data weight but stay in the mask
@@ -515,6 +519,13 @@ class _State:
             self.notices.append(f"background removal ({name}) dropped {dropped} rim voxels of "
                                 "the mask; chimap is 0 there (use --bfr pdf for full coverage).")
         self.mask = res.mask
+        aspect = max(self.vox) / min(self.vox)
+        if name == "pdf" and aspect >= THICK_SLICE_ASPECT:
+            self.notices.append(
+                f"voxels {'x'.join(f'{v:g}' for v in self.vox)} mm ({aspect:.1f}:1): PDF was "
+                "unreliable on such thick-slice heads (qsm-forward, 1.5x1.5x3 mm: 114-165 % "
+                "NRMSE against 95-97 % with --bfr vsharp; docs/benchmarks/independent.md, "
+                "'Thick slices'); compare with --bfr vsharp.")
         self._rim_weight(rim_mm)
 
     def _rim_weight(self, rim_mm) -> None:

@@ -216,6 +216,22 @@ def test_rim_weight_discounts_rim_errors(axial):
                     stage_params={"bfr": {"rim_mm": -1.0}})
 
 
+def test_thick_slices_with_pdf_get_a_notice(axial):
+    """Slices at least 1.9x the in-plane size: PDF adds a notice pointing to V-SHARP (measured
+    on thick-slice qsm-forward heads); isotropic voxels and V-SHARP itself get none."""
+    field, m = axial["total_field"], axial["mask"]
+
+    def notes(zoom, bfr="pdf"):
+        scan = Scan(total_field=field, mask=m, affine=np.diag([1.0, 1.0, zoom, 1.0]))
+        res = reconstruct(scan, bfr=bfr, method=None, progress=False)
+        return [n for n in res.notices if "thick-slice" in n]
+
+    assert notes(1.0) == [] and notes(1.5) == []
+    (note,) = notes(2.0)
+    assert "1x1x2 mm (2.0:1)" in note and "--bfr vsharp" in note
+    assert notes(2.0, bfr="vsharp") == []
+
+
 @pytest.mark.parametrize("stage,key", [("unwrap", "offset_smoothing_mm"), ("bfr", "rim_mm")])
 def test_negative_distances_are_refused_with_the_parameters(stage, key):
     """Distances in mm are checked with the other parameters, before any data is read (a
