@@ -529,8 +529,8 @@ class _State:
         self._rim_weight(rim_mm)
 
     def _rim_weight(self, rim_mm) -> None:
-        """Zero the data weight within ``rim_mm`` of the mask edge (:data:`RIM_WEIGHT_MM`)."""
-        _check_nonnegative_mm("bfr", "rim_mm", rim_mm)
+        """Zero the data weight within ``rim_mm`` of the mask edge (:data:`RIM_WEIGHT_MM`;
+        a given value was checked with the parameters, :data:`NONNEGATIVE_MM`)."""
         inner = masking.erode_mask(self.mask, float(rim_mm), self.vox)  # 0 mm: the mask
         n_rim = int(self.mask.sum()) - int(inner.sum())
         if n_rim and not inner.any():

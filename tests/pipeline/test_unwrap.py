@@ -219,8 +219,7 @@ def test_smoothed_phase_offset_removes_wrap_errors_by_an_air_pocket():
     the brain's edge and a smooth offset: unwrapping the echo difference slips by 2 pi next to
     the pocket, the unsmoothed offset is then off by pi there and the fitted field by one dTE
     wrap (0.42 ppm) in ~0.5 % of the brain; the default 2 mm smoothing leaves none (checked
-    for three noise seeds). The
-    result still differs from the input by exact 2 pi multiples."""
+    for three noise seeds). The result still differs from the input by exact 2 pi multiples."""
     from dlqsm.physics.dipole import DipoleOperator
     from dlqsm.physics.units import ppm_to_phase
 
