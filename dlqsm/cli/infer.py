@@ -104,13 +104,13 @@ def run(args) -> int:
         return run_dataset(args, command="infer", run_one=run)
     import time
 
-    from dlqsm.cli.reconstruct import scan_arguments, stage_params, write_maps
+    from dlqsm.cli.reconstruct import DETREND, scan_arguments, stage_params, write_maps
     from dlqsm.errors import InputError
     from dlqsm.inference import Predictor, local_field_from_scan
     from dlqsm.inference.predictor import estimate_params
     from dlqsm.io.outputs import OutputDir
     from dlqsm.io.scan import load_scan
-    from dlqsm.pipeline.reconstruct import check_parameters, resolve_device
+    from dlqsm.pipeline.reconstruct import check_parameters, detrend_by_default, resolve_device
 
     t0 = time.perf_counter()
     out = OutputDir(args.out, force=args.force)
@@ -135,10 +135,13 @@ def run(args) -> int:
                                      device=predictor.device, progress=not args.quiet,
                                      stage_params=params)
         _say(args, f"network ({predictor.spec.name}) on {predictor.device} ...")
+        detrend = DETREND[args.detrend]
         pred = predictor.run(fmap.local_field, fmap.mask, voxel_size=scan.grid.voxel_size,
                              b0_dir=scan.grid.b0_dir, weight=fmap.weight,
                              estimate_params=estimate_params(predictor, args.estimate_weight,
-                                                             scan.kind))
+                                                             scan.kind),
+                             detrend=detrend_by_default(fmap.parameters or {})
+                             if detrend is None else detrend)
         total = time.perf_counter() - t0
         vols = {"chimap.nii.gz": pred.chi, "totalfield.nii.gz": fmap.total_field,
                 "localfield.nii.gz": fmap.local_field, "mask.nii.gz": fmap.mask}

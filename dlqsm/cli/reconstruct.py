@@ -112,10 +112,18 @@ def add_stage_arguments(g, *, inversion: bool) -> None:
                        "(tfi: from the total field, no background removal step)")
     g.add_argument("--mask-erosion", type=float, default=0.0, metavar="MM",
                    help="erode a computed mask by MM (a given mask is never eroded)")
+    g.add_argument("--detrend", choices=tuple(DETREND), default="auto",
+                   help="subtract the linear and quadratic susceptibility trends whose fields "
+                   "background removal cannot tell from background (auto: when dlqsm removed "
+                   "the background, i.e. raw or total-field input)")
     add_param(g, help="parameter of a stage (coil, mask, unwrap, echo_fit, bfr, inversion) "
               "or of a chosen method (e.g. tv.alpha=1e-3, pdf.tol=0.01); without TARGET the "
               "inversion's" + ("" if inversion else " (infer runs none: prefix a stage)")
               + "; repeatable")
+
+
+DETREND = {"auto": None, "on": True, "off": False}
+"""``--detrend`` -> the ``detrend`` argument of :func:`dlqsm.pipeline.reconstruct.reconstruct`."""
 
 
 def add_run_arguments(p):
@@ -229,7 +237,8 @@ def _reconstruct(scan, args, stage_params, methods):
 
     try:
         return reconstruct(scan, mask_erosion_mm=args.mask_erosion, device=args.device,
-                           progress=not args.quiet, stage_params=stage_params, **methods)
+                           progress=not args.quiet, stage_params=stage_params,
+                           detrend=DETREND[args.detrend], **methods)
     except DlqsmError:
         raise
     except (ValueError, TypeError) as exc:  # a stage refusing a parameter value

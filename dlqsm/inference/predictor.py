@@ -31,6 +31,7 @@ from dlqsm.physics.geometry import (
     b0_dir_from_affine,
     voxel_size_from_affine,
 )
+from dlqsm.pipeline.detrend import fit_background_modes, subtract_trend
 
 
 @dataclass
@@ -180,7 +181,8 @@ class Predictor:
                         affine=affine, weight=weight).chi
 
     def run(self, local_field, mask, *, voxel_size=None, b0_dir=None, affine=None,
-            weight=None, estimate_params: dict | None = None) -> Prediction:
+            weight=None, estimate_params: dict | None = None,
+            detrend: bool = False) -> Prediction:
         """Predict chi and return it with a record of what was done.
 
         Args:
@@ -203,6 +205,11 @@ class Predictor:
                 ``stage_info.inversion``: the resolved ``parameters``, iterations and, for
                 ``"auto"``, ``auto_weight`` with the chosen weight, rule, ``lam_gcv_mm2``,
                 noise estimates and the GCV curve).
+            detrend: subtract the linear and quadratic trends whose fields background removal
+                cannot tell from background (:mod:`dlqsm.pipeline.detrend`), fitted to the
+                classical inversion the model refines (to the output for other models): for a
+                local field from dlqsm's own background removal (``dlqsm infer`` turns it on
+                for raw and total-field input). Recorded in ``info["detrend"]``.
 
         Returns:
             :class:`Prediction` with ``chi`` (X, Y, Z) in ppm (numpy for numpy input, a tensor on
@@ -275,6 +282,14 @@ class Predictor:
                                               method=self.data_consistency,
                                               iterations=self.dc_iters, **self.dc_params)
                 chi = out_dc[None, None]
+            trend_info = {"applied": False}
+            if detrend:
+                source = chi0 if chi0 is not None else chi
+                trend, fit = fit_background_modes(source[0, 0], m[0, 0] > 0, voxel_size=vox,
+                                                  b0_dir=b0)
+                chi = subtract_trend(chi[0, 0], trend, m[0, 0] > 0)[None, None]
+                trend_info = {"applied": True, "fitted_to": "initial estimate" if
+                              chi0 is not None else "network output", **fit}
         t5 = time.perf_counter()
         info = {"model": self.spec.name, "checkpoint": self.checkpoint,
                 "device": str(self.device), "amp": self.amp, **mode, **plan.describe(),
@@ -282,6 +297,7 @@ class Predictor:
                 "reference": "mean inside the mask subtracted; zero outside the mask",
                 "uncovered_mask_voxels": uncovered,
                 "data_consistency": dc,
+                "detrend": trend_info,
                 "units": "ppm",
                 "timings_s": {"prepare": t1 - t0, "resample": (t2 - t1) + (t4 - t3),
                               "network": t3 - t2, "data_consistency": t5 - t4,

@@ -58,6 +58,7 @@ from dlqsm.errors import InputError, check_parameter_types
 from dlqsm.io.scan import Scan
 from dlqsm.physics.units import phase_to_ppm, ppm_to_phase
 from dlqsm.pipeline import background, inversion, masking, unwrap
+from dlqsm.pipeline.detrend import fit_background_modes, subtract_trend
 from dlqsm.pipeline.inversion.regularization import accepts_auto, chain_defaults
 
 STAGES = ("coil", "mask", "unwrap", "echo_fit", "bfr", "inversion")
@@ -352,8 +353,8 @@ def _tensor(x, device, dtype=torch.float32) -> torch.Tensor | None:
 def reconstruct(scan: Scan, *, unwrap: str = "romeo", echo_fit: str = "wls",
                 bfr: str = DEFAULT_BFR, method: str | None = DEFAULT_METHOD,
                 mask_erosion_mm: float = DEFAULT_MASK_EROSION_MM, device="cpu",
-                progress: bool = True, stage_params: dict | None = None, stage_hook=None
-                ) -> ReconstructionResult:
+                progress: bool = True, stage_params: dict | None = None, stage_hook=None,
+                detrend: bool | None = None) -> ReconstructionResult:
     """Run the classical QSM chain on a scan (see the module docstring for the stages).
 
     Args:
@@ -370,6 +371,10 @@ def reconstruct(scan: Scan, *, unwrap: str = "romeo", echo_fit: str = "wls",
         stage_params: ``{stage: {parameter: value}}`` (see :func:`resolve_parameters`).
         stage_hook: optional ``hook(stage_name)`` returning a context manager entered around
             each stage (e.g. to measure memory); called after CUDA synchronisation.
+        detrend: subtract from chi the linear and quadratic trends whose fields background
+            removal cannot tell from background (:mod:`dlqsm.pipeline.detrend`); None (auto):
+            when this chain removed the background (raw or total-field input, not ``tfi``).
+            Recorded in ``info["inversion"]["detrend"]``.
 
     Returns:
         :class:`ReconstructionResult` with chi in ppm (mean 0 inside its mask).
@@ -385,10 +390,13 @@ def reconstruct(scan: Scan, *, unwrap: str = "romeo", echo_fit: str = "wls",
         params["mask"]["erosion_mm"] = 0.0 if scan.mask is not None else float(mask_erosion_mm)
     if mask_erosion_mm < 0:
         raise InputError(f"mask erosion must be >= 0 mm, got {mask_erosion_mm}.")
+    if detrend not in (None, True, False):
+        raise InputError(f"detrend must be true, false or None (auto), got {detrend!r}.")
     dev = resolve_device(device)
     clock = _Clock(dev, progress, len(params), stage_hook)
     state = _State(scan, dev, params, clock, progress, float(mask_erosion_mm))
     state.given = {k: dict(v or {}) for k, v in (stage_params or {}).items()}
+    state.detrend = detrend_by_default(params) if detrend is None else bool(detrend)
     t0 = time.perf_counter()
     if scan.kind == "raw":
         state.field_mapping()
@@ -401,6 +409,12 @@ def reconstruct(scan: Scan, *, unwrap: str = "romeo", echo_fit: str = "wls",
         state.invert()
     clock.timings["total"] = time.perf_counter() - t0
     return state.result()
+
+
+def detrend_by_default(params: dict) -> bool:
+    """Whether the chain removes background-invisible trends unless told (``detrend=None``):
+    when it ran a background removal itself (``bfr`` among the resolved ``params``)."""
+    return "bfr" in params
 
 
 class _State:
@@ -420,6 +434,7 @@ class _State:
         self.local_field = _tensor(scan.local_field, dev)
         self.noise = self.weight = self.chimap = None
         self.given: dict = {}
+        self.detrend = False
 
     # -- field mapping ---------------------------------------------------------------------
     def field_mapping(self) -> None:
@@ -557,10 +572,18 @@ class _State:
                                    method=name, voxel_size=self.vox, b0_dir=self.b0_dir,
                                    weight=weight, magnitude=mag, padding=padding,
                                    reference="mean", progress=self.progress, **p)
+            chi = res.chi
+            if self.detrend:
+                trend, fit = fit_background_modes(chi, self.mask, voxel_size=self.vox,
+                                                  b0_dir=self.b0_dir)
+                chi = subtract_trend(chi, trend, self.mask)
+                res.info["detrend"] = {"applied": True, **fit}
+            else:
+                res.info["detrend"] = {"applied": False}
         if total:  # its fitted background, as a local field for the outputs
             background_field = res.info.pop("background_field")
             self.local_field = (self.total_field - background_field) * self.mask
-        self.chimap, self.info["inversion"] = res.chi, res.info
+        self.chimap, self.info["inversion"] = chi, res.info
         self.params["inversion"].update(
             {k: v for k, v in res.info.get("parameters", {}).items()
              if k in self.params["inversion"]})

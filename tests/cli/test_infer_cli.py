@@ -147,6 +147,31 @@ def test_total_field_input_runs_background_removal(inputs, tmp_path):
     assert "bfr" in rec["timings_s"] and rec["inference"]["mode"] == "whole-volume"
 
 
+@pytest.mark.parametrize("field, flag, model, fitted_to", [
+    ("tf", "auto", "residual", "initial estimate"), ("tf", "auto", "plain", "network output"),
+    ("tf", "off", "residual", None), ("lf", "auto", "residual", None)])
+def test_detrend_after_dlqsm_background_removal(inputs, tmp_path, field, flag, model,
+                                                fitted_to):
+    """``--detrend auto``: the background-invisible trends are fitted (to the classical
+    estimate a residual model refines, else to the output) and removed when infer removed
+    the background itself; not for a given local field or with ``--detrend off``."""
+    d, mask = inputs
+    ckpt = tmp_path / "m.ckpt"
+    save_tiny_checkpoint(ckpt, cfg=tiny_residual_config() if model == "residual" else None)
+    out = tmp_path / "out"
+    argv = ["--total-field", d / "tf.nii.gz", "--param", "bfr.max_iter=20"] if field == "tf" \
+        else ["--local-field", d / "lf.nii.gz"]
+    assert _run(*argv, "--mask", d / "mask.nii.gz", "-o", out, "--checkpoint", ckpt,
+                "--detrend", flag) == 0
+    info = json.loads((out / "record.json").read_text())["inference"]["detrend"]
+    assert info["applied"] is (fitted_to is not None)
+    if fitted_to:
+        assert info["fitted_to"] == fitted_to and info["converged"]
+        chi = nib.load(str(out / "chimap.nii.gz")).get_fdata()
+        m = nib.load(str(out / "mask.nii.gz")).get_fdata() > 0.5
+        assert abs(chi[m].mean()) < 1e-5 and np.all(chi[~m] == 0)
+
+
 def test_clear_errors(inputs, tmp_path, capsys):
     d, _ = inputs
     out = tmp_path / "out"

@@ -124,6 +124,28 @@ def test_total_field_input_writes_local_field_and_mask(lf_input, tmp_path):
     assert np.abs(lf[inner] - field[inner]).max() < 0.1 * np.abs(background_field).max()
 
 
+@pytest.mark.parametrize("flag, field_kind, applied", [
+    ("auto", "total", True), ("off", "total", False), ("auto", "local", False),
+    ("on", "local", True)])
+def test_detrend_flag(lf_input, tmp_path, flag, field_kind, applied):
+    """``--detrend auto`` removes the background-invisible trends when dlqsm removed the
+    background (total field) and not for a given local field; on/off force it; recorded."""
+    d, _, _ = lf_input
+    src = d / "lf.nii.gz"  # the local field also serves as a (background-free) total field
+    out = tmp_path / "out"
+    assert _run([f"--{field_kind}-field", src, "--mask", d / "mask.nii.gz", "-o", out,
+                 "--method", "tkd", "--detrend", flag, "-q"]) == 0
+    rec = json.loads((out / "record.json").read_text())
+    info = rec["stage_info"]["inversion"]["detrend"]
+    assert info["applied"] is applied and rec["arguments"]["detrend"] == flag
+    if applied:
+        assert info["converged"] and len(info["coefficients_ppm"]) == 8
+        chi = nib.load(str(out / "chimap.nii.gz")).get_fdata()
+        m = nib.load(str(out / "mask.nii.gz")).get_fdata() > 0.5 if field_kind == "total" \
+            else lf_input[2]
+        assert abs(chi[m].mean()) < 1e-6 and np.abs(chi[~m]).max() == 0
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--param", "nonsense=1"], "unknown parameter"),
     (["--param", "bfr.nonsense=1"], "unknown parameter"),
