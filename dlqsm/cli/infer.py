@@ -196,6 +196,7 @@ def build_record(scan, fmap, pred, predictor, args, names, total_s) -> dict:
         "timings_s": {**fmap.timings, "resample": pred.info["timings_s"]["resample"],
                       "network": pred.info["timings_s"]["network"],
                       "data_consistency": pred.info["timings_s"].get("data_consistency", 0.0),
+                      "detrend": pred.info["timings_s"].get("detrend", 0.0),
                       "inference": pred.info["timings_s"]["total"], "total": total_s},
         "software": software_versions(),
         "notices": fmap.notices,

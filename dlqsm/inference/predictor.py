@@ -282,6 +282,7 @@ class Predictor:
                                               method=self.data_consistency,
                                               iterations=self.dc_iters, **self.dc_params)
                 chi = out_dc[None, None]
+            t5 = time.perf_counter()
             trend_info = {"applied": False}
             if detrend:
                 source = chi0 if chi0 is not None else chi
@@ -290,7 +291,7 @@ class Predictor:
                 chi = subtract_trend(chi[0, 0], trend, m[0, 0] > 0)[None, None]
                 trend_info = {"applied": True, "fitted_to": "initial estimate" if
                               chi0 is not None else "network output", **fit}
-        t5 = time.perf_counter()
+        t6 = time.perf_counter()
         info = {"model": self.spec.name, "checkpoint": self.checkpoint,
                 "device": str(self.device), "amp": self.amp, **mode, **plan.describe(),
                 "voxel_size_mm": [float(v) for v in vox], "b0_dir": [float(v) for v in b0],
@@ -301,7 +302,7 @@ class Predictor:
                 "units": "ppm",
                 "timings_s": {"prepare": t1 - t0, "resample": (t2 - t1) + (t4 - t3),
                               "network": t3 - t2, "data_consistency": t5 - t4,
-                              "total": t5 - t0}}
+                              "detrend": t6 - t5, "total": t6 - t0}}
         out = chi[0, 0]
         if isinstance(local_field, torch.Tensor):
             return Prediction(out.to(out_device), info)

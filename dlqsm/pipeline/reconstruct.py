@@ -56,6 +56,7 @@ import torch
 
 from dlqsm.errors import InputError, check_parameter_types
 from dlqsm.io.scan import Scan
+from dlqsm.physics.dipole import DipoleOperator
 from dlqsm.physics.units import phase_to_ppm, ppm_to_phase
 from dlqsm.pipeline import background, inversion, masking, unwrap
 from dlqsm.pipeline.detrend import fit_background_modes, subtract_trend
@@ -567,19 +568,20 @@ class _State:
         weight = None if name in _CLOSED_FORMS else self.weight
         mag = _magnitude_3d(self.magnitude)
         total = name in inversion.TOTAL_FIELD_METHODS
+        field_in = self.total_field if total else self.local_field
+
+        def run(f):
+            return inversion.invert(f, self.mask, method=name, voxel_size=self.vox,
+                                    b0_dir=self.b0_dir, weight=weight, magnitude=mag,
+                                    padding=padding, reference="mean", progress=self.progress,
+                                    **p)
+
         with self.clock.stage("inversion", name):
-            res = inversion.invert(self.total_field if total else self.local_field, self.mask,
-                                   method=name, voxel_size=self.vox, b0_dir=self.b0_dir,
-                                   weight=weight, magnitude=mag, padding=padding,
-                                   reference="mean", progress=self.progress, **p)
+            res = run(field_in)
             chi = res.chi
+            res.info["detrend"] = {"applied": False}
             if self.detrend:
-                trend, fit = fit_background_modes(chi, self.mask, voxel_size=self.vox,
-                                                  b0_dir=self.b0_dir)
-                chi = subtract_trend(chi, trend, self.mask)
-                res.info["detrend"] = {"applied": True, **fit}
-            else:
-                res.info["detrend"] = {"applied": False}
+                chi, res = self._detrend(chi, res, field_in, padding, run)
         if total:  # its fitted background, as a local field for the outputs
             background_field = res.info.pop("background_field")
             self.local_field = (self.total_field - background_field) * self.mask
@@ -587,6 +589,25 @@ class _State:
         self.params["inversion"].update(
             {k: v for k, v in res.info.get("parameters", {}).items()
              if k in self.params["inversion"]})
+
+    def _detrend(self, chi, res, field_in, padding, run):
+        """Fit the background-invisible trend, give its field back to the field the
+        inversion explained (background removal took it), invert once more, and subtract the
+        trend that is still left (:mod:`dlqsm.pipeline.detrend`)."""
+        kw = {"voxel_size": self.vox, "b0_dir": self.b0_dir}
+        trend, first = fit_background_modes(chi, self.mask, **kw)
+        op = DipoleOperator(tuple(self.mask.shape), self.vox, self.b0_dir, padding=padding,
+                            device=chi.device)
+        restored = (field_in - op.forward(trend)) * self.mask
+        again = run(restored)
+        trend2, fit = fit_background_modes(again.chi, self.mask, **kw)
+        again.info["detrend"] = {
+            "applied": True, "reinverted": True, **fit,
+            "first_fit": {k: first[k] for k in ("coefficients_ppm", "trend_rms_ppm",
+                                                "trend_range_ppm", "iterations", "converged")},
+            "first_inversion": {k: res.info.get(k) for k in ("iterations", "converged",
+                                                             "time_s")}}
+        return subtract_trend(again.chi, trend2, self.mask), again
 
     def result(self) -> ReconstructionResult:
         return ReconstructionResult(
