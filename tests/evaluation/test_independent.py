@@ -217,10 +217,10 @@ def test_suite_round_trip_at_reduced_size(fine, cache, tmp_path):
                     real_data=None, cache_dir=cache, progress=False)
     rows = {r["method"]: r for r in res.rows}
     assert all(r["status"] == "ok" for r in rows.values()), rows
-    # Measured 89 and 259 % (a 3 mm head: the resampled truth and the field qsm-forward
+    # Measured 72.6 and 124.1 % (a 3 mm head: the resampled truth and the field qsm-forward
     # computed on the 1.5 mm grid disagree a lot at this voxel size; see docs/evaluation.md).
     assert rows["local-tv"]["nrmse"] < 110.0
-    assert rows["reconstruct"]["nrmse"] < 400.0
+    assert rows["reconstruct"]["nrmse"] < 200.0
     assert rows["reconstruct"]["coverage"] > 0.99
     for name in ("results.csv", "roi_means.csv", "summary.md", "record.json"):
         assert (tmp_path / "suite" / name).is_file()

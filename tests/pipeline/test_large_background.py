@@ -7,8 +7,9 @@ fit removed (~8x). ``dlqsm reconstruct --total-field`` (default PDF -> TV) must 
 quality from both (issue 10: within 10 points of the shimmed case) and report the background
 stage's convergence in record.json.
 
-Measured (qsm-ci scorer, 2026-11-29): NRMSE 112.0 % unshimmed, 111.7 % shimmed (local-field
-error 0.786 / 0.784 relative); the true local field -> TV gives 63.7 %: on a 3 mm head the
+Measured (qsm-ci scorer, 2026-11-29): NRMSE 111.3 % unshimmed, 110.6 % shimmed with the map
+detrended (112.0 / 111.7 before; local-field error 0.786 / 0.784 relative); the true local
+field -> TV gives 63.7 %: on a 3 mm head the
 background step, not the shim, is what costs. Checked by hand that the test fails when the
 background is not removed: with ``bfr.max_iter=2`` the two give 260.3 and 209.3 %.
 """
@@ -71,7 +72,7 @@ def test_unshimmed_total_field_within_10_points_of_shimmed(case, tmp_path):
 
     nrmse_unshimmed, record = _run(case, case.path / "totalfield.nii.gz", tmp_path / "u")
     nrmse_shimmed, _ = _run(case, case.path / SHIMMED, tmp_path / "s")
-    assert nrmse_unshimmed < 125.0, nrmse_unshimmed  # measured 112.0
+    assert nrmse_unshimmed < 125.0, nrmse_unshimmed  # measured 111.3
     assert nrmse_unshimmed <= nrmse_shimmed + 10.0, (nrmse_unshimmed, nrmse_shimmed)
 
     bfr = record["stage_info"]["bfr"]

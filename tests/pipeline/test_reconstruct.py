@@ -123,8 +123,9 @@ def test_phantom_has_wraps_and_strong_background(axial):
 
 
 def test_raw_chain_round_trip(axial, axial_lbv):
-    """Wrapped, noisy, offset multi-echo phase -> chi: NRMSE 38% measured (LBV + TV; LBV's
-    eroded rim counts as 0 against the truth), field mapping exact up to noise."""
+    """Wrapped, noisy, offset multi-echo phase -> chi: NRMSE 33.7% measured (LBV + TV,
+    detrended; 36.0% without; LBV's eroded rim counts as 0 against the truth), field mapping
+    exact up to noise."""
     res = axial_lbv
     score = _score(res, axial)
     assert score < 45.0, score
@@ -144,24 +145,26 @@ def test_raw_chain_round_trip(axial, axial_lbv):
 
 @pytest.mark.slow
 def test_default_chain_full_coverage(axial):
-    """Defaults (PDF + TV) keep the whole mask; 64% NRMSE measured on this phantom."""
+    """Defaults (PDF + TV, detrended) keep the whole mask; 34.1% NRMSE measured on this
+    phantom."""
     res = reconstruct(_raw_scan(axial), progress=False)
     assert res.mask.sum() == axial["mask"].sum()
-    assert _score(res, axial) < 70.0
+    assert _score(res, axial) < 45.0
 
 
 @pytest.mark.slow
 def test_oblique_equals_axial(axial, axial_lbv):
     """B0 tilted 25 degrees in voxel coordinates, read from the affine: the result is as good
     as for the axial scan (each compared with its own truth); ignoring the tilt is worse.
-    Measured: 37.0% axial, 37.6% oblique, 57% when the tilt is ignored."""
+    Measured: 33.7% axial, 35.3% oblique, 58.8% when the tilt is ignored (without detrending
+    37.0 / 37.6 / 57)."""
     a = _oblique_affine()
     ph_obl = ellipsoid_head(a[:3, :3].T @ [0, 0, 1])
     s_ax = _score(axial_lbv, axial)
     scan = _raw_scan(ph_obl, a)
     assert math.degrees(math.acos(scan.b0_dir[2])) == pytest.approx(TILT, abs=1e-6)
     s_obl = _score(reconstruct(scan, bfr="lbv", progress=False), ph_obl)
-    assert abs(s_obl - s_ax) < 0.05 * s_ax, (s_ax, s_obl)
+    assert abs(s_obl - s_ax) < 0.1 * s_ax, (s_ax, s_obl)
     wrong = _raw_scan(ph_obl, b0_dir=(0, 0, 1))  # as if B0 were along the voxel z axis
     s_wrong = _score(reconstruct(wrong, bfr="lbv", progress=False), ph_obl)
     assert s_wrong > s_obl + 10.0, (s_obl, s_wrong)
@@ -170,8 +173,8 @@ def test_oblique_equals_axial(axial, axial_lbv):
 @pytest.mark.slow
 def test_field_steps_get_zero_weight(axial):
     """A consistent 1 ppm field error in 96 rim voxels (what unwrapping settles on where the
-    phase aliases next to air) is caught by the field-step check: measured 56% NRMSE with it
-    (44% on clean data), 551% without it (mask.max_field_step=None). The voxels stay in the
+    phase aliases next to air) is caught by the field-step check: measured 45.5% NRMSE with it
+    (34.1% on clean data), 615% without it (mask.max_field_step=None). The voxels stay in the
     mask and their count is reported."""
     m = axial["mask"]
     idx = np.indices(m.shape)
@@ -195,8 +198,8 @@ def test_field_steps_get_zero_weight(axial):
 def test_rim_weight_discounts_rim_errors(axial):
     """PDF's rim weight (``bfr.rim_mm``, default 2 mm): a smooth 0.03 ppm error of the total
     field in the outer two voxel layers (non-harmonic: background removal cannot take it out)
-    gets zero data weight. Measured: 129.9 % NRMSE without the rim weight, 78.9 % with it
-    (clean field: 42.9 / 37.8 %). The rim stays in the mask and the map, and is recorded."""
+    gets zero data weight. Measured: 85.7 % NRMSE without the rim weight, 54.1 % with it
+    (clean field: 33.0 / 33.4 %). The rim stays in the mask and the map, and is recorded."""
     m = axial["mask"]
     rim = m & ~ndimage.binary_erosion(m, iterations=2)
     err = ndimage.gaussian_filter(np.random.default_rng(3).normal(size=m.shape), 1.0)
@@ -250,8 +253,8 @@ def test_total_and_local_field_inputs(axial):
                             mask=torch.as_tensor(mask)), progress=False)
     assert set(r_tf.timings) == {"bfr", "inversion", "total"}
     assert set(r_lf.timings) == {"inversion", "total"}
-    # measured on this phantom: 24% from the true local field, 43% after LBV (its eroded rim
-    # counts as 0, as in QSM-CI scoring)
+    # measured on this phantom: 7.0% from the true local field, 33.5% after LBV (detrended;
+    # its eroded rim counts as 0, as in QSM-CI scoring)
     s_tf, s_lf = _score(r_tf, axial), _score(r_lf, axial)
     assert s_lf < 30.0 and s_tf < 50.0, (s_lf, s_tf)
     assert r_tf.mask.sum() < mask.sum() and r_lf.mask.sum() == mask.sum()
