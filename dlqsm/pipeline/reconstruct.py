@@ -539,8 +539,8 @@ class _State:
         if name == "pdf" and aspect >= THICK_SLICE_ASPECT:
             self.notices.append(
                 f"voxels {'x'.join(f'{v:g}' for v in self.vox)} mm ({aspect:.1f}:1): PDF was "
-                "unreliable on such thick-slice heads (qsm-forward, 1.5x1.5x3 mm: 114-165 % "
-                "NRMSE against 95-97 % with --bfr vsharp; docs/benchmarks/independent.md, "
+                "unreliable on such thick-slice heads (qsm-forward, 1.5x1.5x3 mm: 116-170 % "
+                "NRMSE against 88-92 % with --bfr vsharp; docs/benchmarks/independent.md, "
                 "'Thick slices'); compare with --bfr vsharp.")
         self._rim_weight(rim_mm)
 
