@@ -179,7 +179,9 @@ def fit_background_modes(chi, mask, *, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 
         eps = max(float(scale) * float(r.median()), 1e-12)
         w = 1.0 / r.clamp_min(eps)
         wa = (a * w[:, None, None]).reshape(-1, a.shape[-1])
-        q_new = torch.linalg.solve(wa.T @ flat, wa.T @ g.reshape(-1))
+        # pinv: on a thin slab some trends look alike inside it (their values there, which
+        # are all that is subtracted, stay well determined)
+        q_new = torch.linalg.pinv(wa.T @ flat, rtol=1e-10) @ (wa.T @ g.reshape(-1))
         change = float(torch.linalg.vector_norm(q_new - q))
         q = q_new
         converged = change <= tol * max(float(torch.linalg.vector_norm(q)), 1e-12)
