@@ -11,8 +11,8 @@ the right-hand side vanishes, so inside the brain their fields are harmonic: exa
 background removal method (PDF, SHARP, LBV, ...) takes out as "background". The part of the
 true local field that is such a harmonic field is removed with the background, and the
 inversion then returns the susceptibility map with one of these trends added. On qsm-forward's
-1 mm heads that trend held 40 % of the error energy of the default chain (PDF + TV): the true
-local field run through PDF alone gives 55 % NRMSE, the true local field itself 35 %
+1 mm heads such a trend held about 40 % of the error energy of the default chain (PDF + TV):
+the true local field run through PDF alone gives 55 % NRMSE, the true local field itself 35 %
 (docs/benchmarks/independent.md, "Susceptibility trends background removal cannot see").
 
 :func:`remove_background_modes` fits the eight trends to a susceptibility map by least absolute
@@ -37,9 +37,10 @@ MODE_NAMES = ("x", "y", "z", "q1", "q2", "q3", "q4", "q5")
 """The eight trends: the three linear ones (voxel axes), then an orthonormal basis of the
 five quadratic forms p^T A p with b^T A b = tr(A) / 3 (see :func:`invisible_quadratics`)."""
 DEFAULT_SCALE = 0.25
-"""Huber threshold of the fit, in multiples of the median gradient residual (0.25-0.5 within
-0.5 NRMSE points on four qsm-forward and own heads; 1 and above approach least squares, which
-tissue boundaries pull off: docs/benchmarks/independent.md)."""
+"""Huber threshold of the fit, in multiples of the median gradient residual (0.25 and 0.5 within
+0.8 NRMSE points of each other on each of four qsm-forward and own heads, summed 241.4 / 242.0;
+1 and above approach least squares, which tissue boundaries pull off: 247.8-267.4;
+docs/benchmarks/independent.md)."""
 MAX_VOXELS = 300_000
 """Voxels used for the fit at most (an even stride over the mask beyond that): the trend is
 smooth (on two 1 mm heads 250 000 of 1.47 million voxels gave the same NRMSE within 0.1
