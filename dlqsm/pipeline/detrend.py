@@ -161,16 +161,16 @@ def fit_background_modes(chi, mask, *, voxel_size=(1.0, 1.0, 1.0), b0_dir=(0.0, 
         return mode_values((ii.to(torch.float64) * h - centre) / radius, quads)
 
     base = at(idx)
-    chi64 = chi.to(torch.float64)
+    here = chi[tuple(idx.T)].to(torch.float64)  # gathered once, not a float64 volume copy
     rows, grads = [], []
     for axis in range(3):
         step = idx.clone()
         step[:, axis] += 1
         rows.append((at(step) - base) / h[axis])
-        grads.append((chi64[tuple(step.T)] - chi64[tuple(idx.T)]) / h[axis])
+        grads.append((chi[tuple(step.T)].to(torch.float64) - here) / h[axis])
     a = torch.stack(rows, 1)  # (N, 3, 8): the trends' forward differences
     g = torch.stack(grads, 1)  # (N, 3): the map's
-    del rows, grads, base
+    del rows, grads, base, here
     flat = a.reshape(-1, a.shape[-1])
     q = torch.zeros(a.shape[-1], dtype=torch.float64, device=dev)
     converged, iterations = False, 0
